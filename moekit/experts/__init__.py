@@ -1,0 +1,8 @@
+"""Experts backends: each file one backend, each declaring its capabilities as class data."""
+
+from moekit.experts.base import ExpertsBackend, ExpertWeights
+from moekit.experts.reference import ReferenceExperts
+
+ALL_BACKENDS: tuple[type[ExpertsBackend], ...] = (ReferenceExperts,)
+
+__all__ = ["ALL_BACKENDS", "ExpertWeights", "ExpertsBackend", "ReferenceExperts"]

@@ -1,0 +1,91 @@
+"""The experts half of the modular kernel: gemm1 -> activation -> gemm2 over tokens grouped by
+expert. A backend declares what it can do as class-level data; ``supports`` turns a problem into
+(ok, reason) from that data alone, so the oracle can explain every refusal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from moekit.activations import Activation, ActivationKind, GateUpLayout
+from moekit.hardware import Environment
+from moekit.problem import MoEProblem, ParallelLayout
+
+
+@dataclass(frozen=True)
+class ExpertWeights:
+    """Expert weights in a backend's format (for the reference: moekit's logical layout, views allowed)."""
+
+    w13: torch.Tensor  # [E, 2I, H] gate rows then up rows (or interleaved); [E, I, H] without a gate
+    w2: torch.Tensor  # [E, H, I]
+    w13_bias: torch.Tensor | None = None  # [E, 2I] (or [E, I])
+    w2_bias: torch.Tensor | None = None  # [E, H]
+
+
+class ExpertsBackend:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    devices: ClassVar[frozenset[str]]
+    dtypes: ClassVar[frozenset[torch.dtype]]
+    quant_schemes: ClassVar[frozenset[str]]
+    activations: ClassVar[frozenset[ActivationKind]]
+    gate_up_layouts: ClassVar[frozenset[GateUpLayout]]
+    parallel_layouts: ClassVar[frozenset[ParallelLayout]]
+    supports_bias: ClassVar[bool]
+    supports_router_weight_on_input: ClassVar[bool]
+
+    @classmethod
+    def available(cls, env: Environment) -> tuple[bool, str]:
+        """Whether the machine can run this backend at all (software, hardware)."""
+        return True, ""
+
+    @classmethod
+    def supports(cls, problem: MoEProblem, env: Environment) -> tuple[bool, str]:
+        ok, reason = cls.available(env)
+        if not ok:
+            return False, reason
+        checks = (
+            (problem.device_type in cls.devices, f"device {problem.device_type!r} not in {_names(cls.devices)}"),
+            (problem.dtype in cls.dtypes, f"dtype {problem.dtype} not in {_names(cls.dtypes)}"),
+            (problem.quant in cls.quant_schemes, f"quant scheme {problem.quant!r} not in {_names(cls.quant_schemes)}"),
+            (
+                problem.activation.kind in cls.activations,
+                f"activation {problem.activation.name!r} not in {_names(cls.activations)}",
+            ),
+            (
+                problem.gate_up_layout in cls.gate_up_layouts,
+                f"gate/up layout {problem.gate_up_layout.value!r} not in {_names(cls.gate_up_layouts)}",
+            ),
+            (
+                problem.parallel in cls.parallel_layouts,
+                f"parallel layout {problem.parallel.value!r} not in {_names(cls.parallel_layouts)}",
+            ),
+            (cls.supports_bias or not problem.has_bias, "expert biases not supported"),
+            (
+                cls.supports_router_weight_on_input or not problem.apply_router_weight_on_input,
+                "apply_router_weight_on_input not supported",
+            ),
+        )
+        for ok, reason in checks:
+            if not ok:
+                return False, reason
+        return True, "supported"
+
+    def apply(
+        self,
+        x: torch.Tensor,  # [T, H] activations, already prepared (quantized/scaled) for this backend
+        topk_weights: torch.Tensor,  # [T, k] fp32
+        topk_ids: torch.Tensor,  # [T, k] int32, all in [0, E)
+        weights: ExpertWeights,
+        activation: Activation,
+        gate_up_layout: GateUpLayout,
+    ) -> torch.Tensor:
+        """Return sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as fp32 [T, H]."""
+        raise NotImplementedError
+
+
+def _names(values) -> str:
+    shown = sorted(getattr(v, "value", None) or str(v) for v in values)
+    return "{" + ", ".join(shown) + "}"

@@ -1,0 +1,37 @@
+"""A printable account of one layer's kernel choice: the problem, the chosen backend, and why each
+other backend was refused or passed over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moekit.oracle import Selection
+from moekit.problem import MoEProblem
+
+
+@dataclass(frozen=True)
+class Explanation:
+    problem: MoEProblem
+    selection: Selection
+    kernel: str  # "prepare/finalize x experts"
+
+    @property
+    def backend(self) -> str:
+        return self.selection.chosen.name
+
+    def summary(self) -> str:
+        p = self.problem
+        return (
+            f"MoE E={p.num_experts} top_k={p.top_k} H={p.hidden_size} I={p.intermediate_size} "
+            f"{str(p.dtype).removeprefix('torch.')} on {p.device_type}, activation={p.activation.name}, "
+            f"quant={p.quant}, parallel={p.parallel.value}"
+        )
+
+    def __str__(self) -> str:
+        rows = self.selection.table()
+        width = max(len("backend"), *(len(r[0]) for r in rows))
+        lines = [self.summary(), f"kernel: {self.kernel}", f"{'backend':<{width}}  status   reason"]
+        lines += [f"{name:<{width}}  {status:<7}  {reason}" for name, status, reason in rows]
+        return "\n".join(lines)
+
+    __repr__ = __str__

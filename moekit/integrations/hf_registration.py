@@ -1,0 +1,57 @@
+"""Hook moekit into transformers without importing it: when (and only when) the program imports
+transformers' MoE integration, "moekit" is added to its ExpertsInterface. ``patch`` is re-exported
+lazily so ``import moekit`` stays free of transformers' import cost (~1.3 s)."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+
+_TARGET = "transformers.integrations.moe"
+
+
+def register_experts_implementation() -> None:
+    """Add "moekit" to transformers' experts registry (idempotent; imports transformers)."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    from moekit.integrations.hf_experts import moekit_experts_forward
+
+    ExpertsInterface.register("moekit", moekit_experts_forward)
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real loader of transformers.integrations.moe to register after it runs."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TARGET:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        original_exec = spec.loader.exec_module
+
+        def exec_then_register(module):
+            original_exec(module)
+            register_experts_implementation()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+def install_hf_registration() -> None:
+    if _TARGET in sys.modules:
+        register_experts_implementation()
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
+
+
+def patch(model, **kwargs):
+    """Replace every supported sparse-MoE block of ``model`` by a ``moekit.MoE``; see hf_patch.patch."""
+    from moekit.integrations.hf_patch import patch as _patch
+
+    return _patch(model, **kwargs)

@@ -1,0 +1,3 @@
+from moekit.kernel.modular import ModularKernel
+
+__all__ = ['ModularKernel']

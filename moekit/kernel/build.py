@@ -1,0 +1,27 @@
+"""Compose a modular kernel for a problem: ask the scheme's oracle, convert the weights once."""
+
+from __future__ import annotations
+
+from moekit.experts.base import ExpertWeights
+from moekit.hardware import Environment
+from moekit.kernel.modular import ModularKernel
+from moekit.kernel.prepare_finalize import SINGLE_DEVICE
+from moekit.oracle import Selection, oracle_for, select_backend
+from moekit.problem import MoEProblem
+
+
+def build_kernel(
+    problem: MoEProblem, weights: ExpertWeights, env: Environment, requested: str | None = None
+) -> tuple[ModularKernel, Selection]:
+    """``requested`` (an argument) wins over ``env.requested_backend`` (MOEKIT_BACKEND)."""
+    oracle = oracle_for(problem.quant)
+    selection = select_backend(problem, env, oracle.priority, requested or env.requested_backend)
+    kernel = ModularKernel(
+        prepare_finalize=SINGLE_DEVICE,
+        experts=selection.chosen(),
+        weights=oracle.convert_weights(selection.chosen, weights),
+        activation=problem.activation,
+        gate_up_layout=problem.gate_up_layout,
+        apply_router_weight_on_input=problem.apply_router_weight_on_input,
+    )
+    return kernel, selection

@@ -1,0 +1,36 @@
+"""Routing metadata: the (token, slot) pairs of a batch sorted by expert, which every grouped
+experts backend needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ExpertSortedRows:
+    """Row r of the sorted order is the pair flat index ``order[r]`` = token * k + slot."""
+
+    order: torch.Tensor  # [T*k] int64: flat pair index of each sorted row (a permutation)
+    token_of_row: torch.Tensor  # [T*k] int64: the token each sorted row came from (order // k)
+    counts: torch.Tensor  # [E] int64: rows per expert
+    offsets: torch.Tensor  # [E+1] int64: rows of expert e are [offsets[e], offsets[e+1])
+
+    def segments(self) -> Iterator[tuple[int, int, int]]:
+        """(expert, start, end) for each expert that got at least one row; one host sync."""
+        offsets = self.offsets.tolist()
+        for expert in torch.nonzero(self.counts).flatten().tolist():
+            yield expert, offsets[expert], offsets[expert + 1]
+
+
+def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> ExpertSortedRows:
+    """Group the T*k (token, slot) pairs by expert; stable, so rows of one expert keep token order."""
+    top_k = topk_ids.shape[1]
+    flat = topk_ids.reshape(-1).long()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts)
+    offsets = torch.zeros(num_experts + 1, dtype=torch.long, device=flat.device)
+    torch.cumsum(counts, dim=0, out=offsets[1:])
+    return ExpertSortedRows(order=order, token_of_row=order // top_k, counts=counts, offsets=offsets)

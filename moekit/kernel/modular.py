@@ -1,0 +1,42 @@
+"""The modular kernel: prepare/finalize x experts, composed once after the weights are loaded.
+
+It holds the kernel-format weights and the chosen pieces; shared experts come in as an argument to
+``apply`` so the kernel decides where they run (today: before the routed experts, same stream)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from moekit.activations import Activation, GateUpLayout
+from moekit.experts.base import ExpertsBackend, ExpertWeights
+from moekit.kernel.prepare_finalize import SingleDevicePrepareFinalize
+
+
+@dataclass(frozen=True)
+class ModularKernel:
+    prepare_finalize: SingleDevicePrepareFinalize
+    experts: ExpertsBackend
+    weights: ExpertWeights  # in the experts backend's format
+    activation: Activation
+    gate_up_layout: GateUpLayout
+    apply_router_weight_on_input: bool = False
+
+    def apply(
+        self,
+        x: torch.Tensor,  # [T, H]
+        topk_weights: torch.Tensor,  # [T, k] fp32
+        topk_ids: torch.Tensor,  # [T, k] int32
+        shared_experts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        shared_out = shared_experts(x) if shared_experts is not None else None
+        prepared = self.prepare_finalize.prepare(x, topk_weights, topk_ids, self.apply_router_weight_on_input)
+        expert_out = self.experts.apply(
+            prepared.x, prepared.topk_weights, prepared.topk_ids, self.weights, self.activation, self.gate_up_layout
+        )
+        return self.prepare_finalize.finalize(expert_out, shared_out, x.dtype)
+
+    def describe(self) -> str:
+        return f"{self.prepare_finalize.name} x {self.experts.name}"
