@@ -2,7 +2,8 @@
 
 from moekit.experts.base import ExpertsBackend, ExpertWeights
 from moekit.experts.reference import ReferenceExperts
+from moekit.experts.torch_grouped_mm import TorchGroupedMMExperts
 
-ALL_BACKENDS: tuple[type[ExpertsBackend], ...] = (ReferenceExperts,)
+ALL_BACKENDS: tuple[type[ExpertsBackend], ...] = (TorchGroupedMMExperts, ReferenceExperts)
 
-__all__ = ["ALL_BACKENDS", "ExpertWeights", "ExpertsBackend", "ReferenceExperts"]
+__all__ = ["ALL_BACKENDS", "ExpertWeights", "ExpertsBackend", "ReferenceExperts", "TorchGroupedMMExperts"]
