@@ -1,0 +1,15 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tolerance policy, input makers
+
+if not torch.cuda.is_available():
+    raise pytest.UsageError("tests_gpu needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
