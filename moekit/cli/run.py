@@ -16,10 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 import moekit
+from moekit.tolerance import REL_TOL, relative_error
 from moekit.cli.common import add_layer_arguments, build_layer, dtype_name, resolve_setup, scaling_note, shape_table
 
-# Relative Frobenius error allowed against the float64 spec (tests/tolerance.py has the same policy).
-REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 DEFAULT_TOKENS = {"cpu": 256, "cuda": 1024}
 _CHECK_CHUNKS = 16  # pieces the fp64 check is cut into, for the progress bar
 
@@ -97,7 +96,7 @@ def check_against_spec(layer: moekit.MoE, x: torch.Tensor, out: torch.Tensor, co
             rows = slice(start, start + chunk)
             ref[rows] = _spec(layer, x[rows], weights[rows], ids[rows], shared64)
             progress.advance(task, ref[rows].shape[0])
-    rel = ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    rel = relative_error(out, ref)
     return Check(rel_error=rel, tolerance=REL_TOL[layer.w13.dtype])
 
 
@@ -150,4 +149,4 @@ def _positive_int(text: str) -> int:
     return value
 
 
-__all__ = ["REL_TOL", "add_parser", "check_against_spec", "run_command", "time_forward"]
+__all__ = ["add_parser", "check_against_spec", "run_command", "time_forward"]
