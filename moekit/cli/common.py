@@ -119,3 +119,13 @@ def scaling_note(setup: Setup) -> Text | None:
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}.get(
         dtype, str(dtype).removeprefix("torch."))
+
+
+def build_and_show(args: argparse.Namespace, console: Console) -> tuple[Setup, moekit.MoE]:
+    """Resolve the preset, build its layer and print the shape run (and how it was scaled)."""
+    setup = resolve_setup(args)
+    layer = build_layer(setup, args.backend, args.seed)
+    console.print(shape_table(setup))
+    if (note := scaling_note(setup)) is not None:
+        console.print(note)
+    return setup, layer

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from moekit.cli.common import add_layer_arguments, build_layer, resolve_setup, scaling_note, shape_table
+from moekit.cli.common import add_layer_arguments, build_and_show
 from moekit.explain import Explanation
 
 _STATUS_STYLE = {"chosen": "bold green", "usable": "yellow", "refused": "red"}
@@ -25,11 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def explain_command(args: argparse.Namespace, console: Console) -> int:
-    setup = resolve_setup(args)
-    layer = build_layer(setup, args.backend, args.seed)
-    console.print(shape_table(setup))
-    if (note := scaling_note(setup)) is not None:
-        console.print(note)
+    setup, layer = build_and_show(args, console)
     console.print(backend_table(layer.explain()))
     return 0
 

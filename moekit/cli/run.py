@@ -17,7 +17,7 @@ from rich.text import Text
 
 import moekit
 from moekit.tolerance import REL_TOL, relative_error
-from moekit.cli.common import add_layer_arguments, build_layer, dtype_name, resolve_setup, scaling_note, shape_table
+from moekit.cli.common import add_layer_arguments, build_and_show, dtype_name
 
 DEFAULT_TOKENS = {"cpu": 256, "cuda": 1024}
 _CHECK_CHUNKS = 16  # pieces the fp64 check is cut into, for the progress bar
@@ -49,11 +49,7 @@ class Check:
 
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
-    setup = resolve_setup(args)
-    layer = build_layer(setup, args.backend, args.seed)
-    console.print(shape_table(setup))
-    if (note := scaling_note(setup)) is not None:
-        console.print(note)
+    setup, layer = build_and_show(args, console)
     tokens = args.tokens or DEFAULT_TOKENS[setup.device.type]
     x = torch.randn(tokens, setup.built.hidden_size, dtype=setup.dtype, device=setup.device)
     times, out = time_forward(layer, x, args.iters, console)
