@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moekit._checks import check_positive_int, check_router_weight_on_input, check_tensor, check_top_k
@@ -49,6 +50,7 @@ class MoE(nn.Module):
         router_bias: bool = False,
         gate_up_layout: str | GateUpLayout = GateUpLayout.CONCATENATED,
         apply_router_weight_on_input: bool = False,
+        router_dtype: torch.dtype | None = None,
         backend: str | None = None,
     ):
         super().__init__()
@@ -69,6 +71,7 @@ class MoE(nn.Module):
         self.routing = RoutingConfig.parse(routing)
         self.quant = parse_quant(quant)
         self.apply_router_weight_on_input = apply_router_weight_on_input
+        self.router_dtype = router_dtype  # None: the router runs in the layer's dtype (DeepSeek-V3: fp32)
         self.backend_request = backend
         factory = {"dtype": dtype, "device": torch.device(device) if device is not None else default_device()}
 
@@ -90,6 +93,7 @@ class MoE(nn.Module):
         # Whatever changes the weights' storage (loading, .to()) composes the kernel anew.
         self.register_load_state_dict_post_hook(lambda module, _: module.compose_kernel())
         self.compose_kernel()
+        self._constructed = True
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -117,32 +121,52 @@ class MoE(nn.Module):
         )
 
     def compose_kernel(self) -> None:
-        """Choose the experts backend for the current weights and convert them to its format."""
+        """Choose the experts backend for the current weights and convert them to its format.
+
+        Skipped while the weights are on the meta device: a layer built there (no memory) to take
+        over existing tensors composes once they are assigned."""
+        if self.w13.is_meta:
+            return
         weights = ExpertWeights(self.w13, self.w2, self.w13_bias, self.w2_bias)
         problem = self.problem()
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request)
         self._explanation = Explanation(problem, selection, self.kernel.describe())
 
+    def load_hf_state_dict(self, state_dict, prefix: str = "", *, strict: bool = True, **kwargs) -> None:
+        """Load a Hugging Face MoE block's tensors (any layout; see moekit.integrations.hf_state_dict)."""
+        from moekit.integrations.hf_state_dict import load_hf_state_dict
+
+        load_hf_state_dict(self, state_dict, prefix, strict=strict, **kwargs)
+
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
-        if "kernel" in self.__dict__:  # not during construction
+        if self.__dict__.get("_constructed"):  # .to()/.to_empty() after __init__
             self.compose_kernel()
         return module
 
     def explain(self) -> Explanation:
         """The backend chosen for this layer and why each other one was refused."""
+        if "kernel" not in self.__dict__:
+            raise RuntimeError("this layer's weights are on the meta device: no kernel is composed yet")
         return self._explanation
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> (topk_weights [T, k] fp32, topk_ids [T, k] int32)."""
-        return route_with_config(self.router(x), self.top_k, self.routing, self.correction_bias)
+        if self.router_dtype is None:
+            logits = self.router(x)
+        else:
+            bias = self.router.bias.to(self.router_dtype) if self.router.bias is not None else None
+            logits = F.linear(x.to(self.router_dtype), self.router.weight.to(self.router_dtype), bias)
+        return route_with_config(logits, self.top_k, self.routing, self.correction_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, return_routing: bool = False):
+        """x [T, H] or [B, S, H] -> same shape; with ``return_routing`` also (topk_weights, topk_ids)."""
         self._check_input(x)
         tokens = x.reshape(-1, self.hidden_size)
         topk_weights, topk_ids = self.route(tokens)
         out = self.kernel.apply(tokens, topk_weights, topk_ids, shared_experts=self.shared_experts)
-        return out.reshape(x.shape)
+        out = out.reshape(x.shape)
+        return (out, (topk_weights, topk_ids)) if return_routing else out
 
     def _check_input(self, x) -> None:
         check_tensor("x", x, dtypes=(self.w13.dtype,))
@@ -154,4 +178,4 @@ class MoE(nn.Module):
     def extra_repr(self) -> str:
         return (f"experts={self.num_experts}, top_k={self.top_k}, hidden={self.hidden_size}, "
                 f"intermediate={self.intermediate_size}, activation={self.activation.name}, "
-                f"quant={self.quant}, backend={self._explanation.backend}")
+                f"quant={self.quant}, backend={self._explanation.backend if 'kernel' in self.__dict__ else None}")

@@ -117,3 +117,48 @@ def test_kernel_reads_the_layers_own_parameters():
         before = layer(x)
         layer.w2.mul_(2)
         torch.testing.assert_close(layer(x), 2 * before)
+
+
+def test_forward_can_return_its_routing():
+    layer = moekit.MoE(8, 2, 16, 12, dtype=torch.float32, device="cpu")
+    x = torch.randn(3, 4, 16)
+    with torch.no_grad():
+        out, (weights, ids) = layer(x, return_routing=True)
+        torch.testing.assert_close(out, layer(x))
+        expected_weights, expected_ids = layer.route(x.reshape(-1, 16))
+    assert torch.equal(ids, expected_ids) and torch.equal(weights, expected_weights)
+
+
+def test_router_dtype_runs_the_router_in_fp32():
+    layer = moekit.MoE(32, 4, 64, 16, dtype=torch.bfloat16, device="cpu", router_dtype=torch.float32)
+    x = torch.randn(200, 64, dtype=torch.bfloat16)
+    logits32 = x.float() @ layer.router.weight.float().t()
+    expected = moekit.route(logits32, 4)
+    got = layer.route(x)
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
+    # In bf16 the logits round differently, so the fp32 router is a real difference.
+    assert not torch.equal(moekit.route(layer.router(x), 4)[0], expected[0])
+
+
+def test_layer_built_on_meta_composes_only_once_real():
+    layer = moekit.MoE(8, 2, 16, 12, dtype=torch.float32, device="meta")
+    assert "kernel" not in layer.__dict__
+    layer.to_empty(device="cpu")
+    assert layer.explain().backend == "reference"
+
+
+def test_load_hf_state_dict_method_reads_per_expert_layout():
+    source = moekit.MoE(4, 2, 16, 12, dtype=torch.float32, device="cpu")
+    sd = {"block.gate.weight": source.router.weight.detach().clone()}
+    for e in range(4):
+        gate, up = source.w13[e].detach().chunk(2)
+        sd.update({f"block.experts.{e}.w1.weight": gate, f"block.experts.{e}.w3.weight": up,
+                   f"block.experts.{e}.w2.weight": source.w2[e].detach()})
+    target = moekit.MoE(4, 2, 16, 12, dtype=torch.float32, device="cpu")
+    target.load_hf_state_dict(sd, prefix="block.")
+    x = torch.randn(10, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+    del sd["block.experts.3.w2.weight"]
+    with pytest.raises(ValueError, match="experts.3.w2.weight"):
+        target.load_hf_state_dict(sd, prefix="block.")
