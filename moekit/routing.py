@@ -38,6 +38,9 @@ class RoutingConfig:
     correction_bias: bool = False  # a per-expert bias added to the scores for selection only
     routed_scaling_factor: float = 1.0  # multiplies the final weights (DeepSeek-V3: 2.5)
 
+    def __post_init__(self):
+        object.__setattr__(self, "scoring", _parse_scoring(self.scoring))  # "softmax" -> Scoring.SOFTMAX
+
     @staticmethod
     def parse(routing: RoutingConfig | str | RoutingFunction | None) -> RoutingConfig:
         if routing is None:

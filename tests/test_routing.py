@@ -141,3 +141,9 @@ def test_route_properties(tokens, experts, data):
     # No expert twice in a row, and renormalized weights sum to one.
     assert all(len(set(row)) == top_k for row in i.tolist())
     torch.testing.assert_close(w.sum(-1), torch.ones(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_routing_config_normalizes_scoring_names():
+    assert moekit.RoutingConfig("sigmoid").scoring is moekit.Scoring.SIGMOID
+    with pytest.raises(ValueError, match="unknown scoring 'softplus'"):
+        moekit.RoutingConfig("softplus")

@@ -59,6 +59,9 @@ def tiny_model(family: str, seed: int = 0):
     config = tiny_config(family)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     randomize(model, seed)
+    for module in model.modules():
+        if type(module).__name__ == "GptOssExperts":
+            module.limit = 1.5  # transformers 5.17 ignores config.swiglu_limit (hard-coded 7.0)
     model.set_experts_implementation("eager")
     return model.eval()
 

@@ -20,8 +20,9 @@ def make_experts(*, has_gate=True, concatenated=True, transposed=False, bias=Fal
                  limit=1.5, alpha=1.702, post_norm=False):
     """A hand-made experts module decorated like transformers' own, with random O(1) weights."""
 
+    # has_post_expert_norm is set by hand below: older transformers (5.17) lack the decorator argument.
     @use_experts_implementation(has_gate=has_gate, is_concatenated=concatenated, is_transposed=transposed,
-                                has_bias=bias, has_post_expert_norm=post_norm)
+                                has_bias=bias)
     class HandMadeExperts(nn.Module):
         def __init__(self, config):
             super().__init__()
@@ -42,7 +43,9 @@ def make_experts(*, has_gate=True, concatenated=True, transposed=False, bias=Fal
         HandMadeExperts._apply_gate = gate
     config = transformers.PretrainedConfig()
     config._experts_implementation = "moekit"
-    return HandMadeExperts(config)
+    module = HandMadeExperts(config)
+    module.has_post_expert_norm = post_norm
+    return module
 
 
 def swigluoai_gate(interleaved: bool):
@@ -102,6 +105,7 @@ def test_gpt_oss_experts_module_matches_spec():
     config = transformers.GptOssConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, swiglu_limit=1.5)
     config._experts_implementation = "moekit"
     module = transformers.models.gpt_oss.modeling_gpt_oss.GptOssExperts(config)
+    module.limit = 1.5  # transformers 5.17 ignores config.swiglu_limit (hard-coded 7.0)
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, 0.2)
