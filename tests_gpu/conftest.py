@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tolerance policy, input makers
+for sub in ("tests", "tests/integrations"):  # tolerance policy, tiny HF models
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / sub))
 
 if not torch.cuda.is_available():
     raise pytest.UsageError("tests_gpu needs a CUDA device")

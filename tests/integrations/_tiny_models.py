@@ -93,6 +93,6 @@ PROMPT = torch.tensor([[1, 17, 42, 99, 5, 63, 7, 120, 33, 2]])
 
 
 def greedy(model, new_tokens: int = 32) -> torch.Tensor:
-    out = model.generate(PROMPT, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+    out = model.generate(PROMPT.to(model.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=0)
     return out[0, PROMPT.shape[1]:]
