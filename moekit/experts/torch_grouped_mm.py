@@ -58,7 +58,7 @@ class TorchGroupedMMExperts(ExpertsBackend):
             return out
         meta = sort_by_expert(topk_ids, weights.w13.shape[0])
         ends = meta.offsets[1:].to(torch.int32)  # grouped_mm takes each group's end row
-        expert_of_row = torch.repeat_interleave(torch.arange(len(meta.counts), device=x.device), meta.counts)
+        expert_of_row = topk_ids.reshape(-1)[meta.order]  # sorted, so each row's expert
         h = F.grouped_mm(x[meta.token_of_row], weights.w13.transpose(1, 2), offs=ends)
         if weights.w13_bias is not None:
             h = h + weights.w13_bias[expert_of_row]
