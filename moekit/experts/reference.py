@@ -28,17 +28,14 @@ class ReferenceExperts(ExpertsBackend):
 
     def apply(self, x, topk_weights, topk_ids, weights: ExpertWeights, activation: Activation, gate_up_layout):
         num_tokens, hidden = x.shape
-        out = torch.zeros(num_tokens, hidden, device=x.device, dtype=torch.float32)
         if num_tokens == 0:
-            return out
+            return torch.zeros(0, hidden, device=x.device, dtype=torch.float32)
         meta = sort_by_expert(topk_ids, weights.w13.shape[0])
         x_sorted = x[meta.token_of_row]  # [T*k, H]
         y_sorted = torch.empty(x_sorted.shape[0], hidden, device=x.device, dtype=torch.float32)
         for expert, start, end in meta.segments():
             y_sorted[start:end] = self._one_expert(x_sorted[start:end], expert, weights, activation, gate_up_layout)
-        y_sorted *= topk_weights.reshape(-1)[meta.order].unsqueeze(-1)
-        # fp32 accumulation over the k copies of a token, in token order.
-        return out.index_add_(0, meta.token_of_row, y_sorted)
+        return meta.weight_and_sum(y_sorted, topk_weights, num_tokens)
 
     @staticmethod
     def _one_expert(x, e: int, w: ExpertWeights, activation: Activation, gate_up_layout) -> torch.Tensor:

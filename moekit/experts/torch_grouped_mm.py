@@ -53,9 +53,8 @@ class TorchGroupedMMExperts(ExpertsBackend):
 
     def apply(self, x, topk_weights, topk_ids, weights: ExpertWeights, activation, gate_up_layout):
         num_tokens, hidden = x.shape
-        out = torch.zeros(num_tokens, hidden, device=x.device, dtype=torch.float32)
         if num_tokens == 0:
-            return out
+            return torch.zeros(0, hidden, device=x.device, dtype=torch.float32)
         meta = sort_by_expert(topk_ids, weights.w13.shape[0])
         ends = meta.offsets[1:].to(torch.int32)  # grouped_mm takes each group's end row
         expert_of_row = topk_ids.reshape(-1)[meta.order]  # sorted, so each row's expert
@@ -66,5 +65,4 @@ class TorchGroupedMMExperts(ExpertsBackend):
         y = F.grouped_mm(a, weights.w2.transpose(1, 2), offs=ends)
         if weights.w2_bias is not None:
             y = y + weights.w2_bias[expert_of_row]
-        y = y.float() * topk_weights.reshape(-1)[meta.order].unsqueeze(-1)
-        return out.index_add_(0, meta.token_of_row, y)
+        return meta.weight_and_sum(y, topk_weights, num_tokens)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moekit._checks import check_shape
 from moekit.activations import Activation, ActivationKind, GateUpLayout, apply_activation
 from moekit.experts.base import ExpertWeights
 from moekit.hardware import current_environment
@@ -164,8 +165,7 @@ def _check_shapes(name, w13, w2, b13, b2, gated: bool) -> None:
         expected["w13_bias"] = (b13, (num_experts, rows))
         expected["w2_bias"] = (b2, (num_experts, hidden))
     for what, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name}: {what} (moekit layout) must have shape {shape}, got {tuple(t.shape)}")
+        check_shape(f"{name}: {what} (moekit layout)", t, shape)
 
 
 def _activation_of(module: nn.Module, layout: GateUpLayout) -> Activation:

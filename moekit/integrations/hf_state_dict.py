@@ -42,6 +42,7 @@ from collections.abc import Mapping
 
 import torch
 
+from moekit._checks import check_shape, check_tensor
 from moekit.activations import GateUpLayout
 from moekit.layer import MoE
 
@@ -67,10 +68,9 @@ class _Reader:
             detail = f" ({what}, shape {shape})" if what else (f" (shape {shape})" if shape else "")
             raise ValueError(f"missing tensor {full!r}{detail}")
         t = self.tensors[key]
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{full!r} must be a torch.Tensor, got {type(t).__name__}")
-        if shape is not None and tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{full!r} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        check_tensor(repr(full), t)
+        if shape is not None:
+            check_shape(repr(full), t, shape)
         self.used.add(key)
         return t
 

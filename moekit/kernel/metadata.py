@@ -25,6 +25,13 @@ class ExpertSortedRows:
             yield expert, offsets[expert], offsets[expert + 1]
 
 
+    def weight_and_sum(self, y_sorted: torch.Tensor, topk_weights: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Scale each sorted row by its routing weight and sum a token's k rows, in fp32: [T, H]."""
+        y = y_sorted.float() * topk_weights.reshape(-1)[self.order].unsqueeze(-1)
+        out = torch.zeros(num_tokens, y.shape[1], device=y.device, dtype=torch.float32)
+        return out.index_add_(0, self.token_of_row, y)
+
+
 def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> ExpertSortedRows:
     """Group the T*k (token, slot) pairs by expert; stable, so rows of one expert keep token order."""
     top_k = topk_ids.shape[1]
