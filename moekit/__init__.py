@@ -9,7 +9,8 @@ from moekit.oracle import BackendUnavailableError
 from moekit.parallel import ExpertParallel
 from moekit.routing import RoutingConfig, Scoring, route
 from moekit.spec import fused_moe_spec
-from moekit.integrations.hf_registration import install_hf_registration, patch
+from moekit.host_checks import set_host_checks
+from moekit.integrations.hf_registration import install_hf_registration, load_hf_state_dict, patch
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "Scoring",
     "fused_moe",
     "fused_moe_spec",
+    "load_hf_state_dict",
     "patch",
     "route",
+    "set_host_checks",
 ]

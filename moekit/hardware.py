@@ -3,6 +3,7 @@ to the oracle as data (the oracle itself reads no globals)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -17,16 +18,30 @@ class Environment:
     compute_capability: tuple[int, int] | None  # (major, minor) of CUDA device 0
     triton_available: bool
     requested_backend: str | None  # MOEKIT_BACKEND, if set
+    triton_interpreter: bool = False  # TRITON_INTERPRET=1: Triton kernels run on the CPU (tests)
 
 
 def current_environment() -> Environment:
-    cuda = torch.cuda.is_available()
+    """The machine facts (read once per process) and the environment variables (read every call)."""
+    cuda, name, capability, triton = _machine()
     return Environment(
         cuda_available=cuda,
-        device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
-        compute_capability=torch.cuda.get_device_capability(0) if cuda else None,
-        triton_available=importlib.util.find_spec("triton") is not None,
+        device_name=name,
+        compute_capability=capability,
+        triton_available=triton,
         requested_backend=os.environ.get("MOEKIT_BACKEND") or None,
+        triton_interpreter=os.environ.get("TRITON_INTERPRET", "0") == "1",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> tuple[bool, str, tuple[int, int] | None, bool]:
+    cuda = torch.cuda.is_available()
+    return (
+        cuda,
+        torch.cuda.get_device_name(0) if cuda else "cpu",
+        torch.cuda.get_device_capability(0) if cuda else None,
+        importlib.util.find_spec("triton") is not None,
     )
 
 

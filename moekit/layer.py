@@ -132,12 +132,6 @@ class MoE(nn.Module):
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request)
         self._explanation = Explanation(problem, selection, self.kernel.describe())
 
-    def load_hf_state_dict(self, state_dict, prefix: str = "", *, strict: bool = True, **kwargs) -> None:
-        """Load a Hugging Face MoE block's tensors (any layout; see moekit.integrations.hf_state_dict)."""
-        from moekit.integrations.hf_state_dict import load_hf_state_dict
-
-        load_hf_state_dict(self, state_dict, prefix, strict=strict, **kwargs)
-
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
         if self.__dict__.get("_constructed"):  # .to()/.to_empty() after __init__

@@ -1,7 +1,13 @@
 import os
 
-import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter; the variable must be set before
+# triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=100, deadline=None, derandomize=False)

@@ -147,7 +147,7 @@ def test_layer_built_on_meta_composes_only_once_real():
     assert layer.explain().backend == "reference"
 
 
-def test_load_hf_state_dict_method_reads_per_expert_layout():
+def test_load_hf_state_dict_reads_per_expert_layout():
     source = moekit.MoE(4, 2, 16, 12, dtype=torch.float32, device="cpu")
     sd = {"block.gate.weight": source.router.weight.detach().clone()}
     for e in range(4):
@@ -155,10 +155,10 @@ def test_load_hf_state_dict_method_reads_per_expert_layout():
         sd.update({f"block.experts.{e}.w1.weight": gate, f"block.experts.{e}.w3.weight": up,
                    f"block.experts.{e}.w2.weight": source.w2[e].detach()})
     target = moekit.MoE(4, 2, 16, 12, dtype=torch.float32, device="cpu")
-    target.load_hf_state_dict(sd, prefix="block.")
+    moekit.load_hf_state_dict(target, sd, prefix="block.")
     x = torch.randn(10, 16)
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x))
     del sd["block.experts.3.w2.weight"]
     with pytest.raises(ValueError, match="experts.3.w2.weight"):
-        target.load_hf_state_dict(sd, prefix="block.")
+        moekit.load_hf_state_dict(target, sd, prefix="block.")

@@ -35,6 +35,12 @@ class ExpertsBackend:
     parallel_layouts: ClassVar[frozenset[ParallelLayout]]
     supports_bias: ClassVar[bool]
     supports_router_weight_on_input: ClassVar[bool]
+    capturable: ClassVar[bool] = False  # no host sync: replays in a CUDA graph
+
+    @classmethod
+    def explicit_only(cls, problem: MoEProblem, env: Environment) -> str | None:
+        """Why this backend, though it can serve the problem, must be asked for by name (or None)."""
+        return None
 
     @classmethod
     def available(cls, env: Environment) -> tuple[bool, str]:
@@ -77,12 +83,13 @@ class ExpertsBackend:
         self,
         x: torch.Tensor,  # [T, H] activations, already prepared (quantized/scaled) for this backend
         topk_weights: torch.Tensor,  # [T, k] fp32
-        topk_ids: torch.Tensor,  # [T, k] int32, all in [0, E)
+        topk_ids: torch.Tensor,  # [T, k] int32; ids outside [0, E) are skipped
         weights: ExpertWeights,
         activation: Activation,
         gate_up_layout: GateUpLayout,
     ) -> torch.Tensor:
-        """Return sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as fp32 [T, H]."""
+        """Return sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as [T, H] in x.dtype (summed in
+        fp32). A pair whose id lies outside [0, E) contributes nothing."""
         raise NotImplementedError
 
 

@@ -29,13 +29,13 @@ class ReferenceExperts(ExpertsBackend):
     def apply(self, x, topk_weights, topk_ids, weights: ExpertWeights, activation: Activation, gate_up_layout):
         num_tokens, hidden = x.shape
         if num_tokens == 0:
-            return torch.zeros(0, hidden, device=x.device, dtype=torch.float32)
+            return torch.zeros(0, hidden, device=x.device, dtype=x.dtype)
         meta = sort_by_expert(topk_ids, weights.w13.shape[0])
         x_sorted = x[meta.token_of_row]  # [T*k, H]
         y_sorted = torch.empty(x_sorted.shape[0], hidden, device=x.device, dtype=torch.float32)
         for expert, start, end in meta.segments():
             y_sorted[start:end] = self._one_expert(x_sorted[start:end], expert, weights, activation, gate_up_layout)
-        return meta.weight_and_sum(y_sorted, topk_weights, num_tokens)
+        return meta.weight_and_sum(y_sorted, topk_weights, num_tokens, x.dtype)
 
     @staticmethod
     def _one_expert(x, e: int, w: ExpertWeights, activation: Activation, gate_up_layout) -> torch.Tensor:

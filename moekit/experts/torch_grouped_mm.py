@@ -54,10 +54,11 @@ class TorchGroupedMMExperts(ExpertsBackend):
     def apply(self, x, topk_weights, topk_ids, weights: ExpertWeights, activation, gate_up_layout):
         num_tokens, hidden = x.shape
         if num_tokens == 0:
-            return torch.zeros(0, hidden, device=x.device, dtype=torch.float32)
+            return torch.zeros(0, hidden, device=x.device, dtype=x.dtype)
         meta = sort_by_expert(topk_ids, weights.w13.shape[0])
         ends = meta.offsets[1:].to(torch.int32)  # grouped_mm takes each group's end row
-        expert_of_row = topk_ids.reshape(-1)[meta.order]  # sorted, so each row's expert
+        # Each sorted row's expert (clamped: rows of out-of-range ids are masked in weight_and_sum).
+        expert_of_row = topk_ids.reshape(-1)[meta.order].long().clamp(0, weights.w13.shape[0] - 1)
         h = F.grouped_mm(x[meta.token_of_row], weights.w13.transpose(1, 2), offs=ends)
         if weights.w13_bias is not None:
             h = h + weights.w13_bias[expert_of_row]
@@ -65,4 +66,4 @@ class TorchGroupedMMExperts(ExpertsBackend):
         y = F.grouped_mm(a, weights.w2.transpose(1, 2), offs=ends)
         if weights.w2_bias is not None:
             y = y + weights.w2_bias[expert_of_row]
-        return meta.weight_and_sum(y, topk_weights, num_tokens)
+        return meta.weight_and_sum(y, topk_weights, num_tokens, x.dtype)

@@ -55,3 +55,10 @@ def patch(model, **kwargs):
     from moekit.integrations.hf_patch import patch as _patch
 
     return _patch(model, **kwargs)
+
+
+def load_hf_state_dict(layer, state_dict, prefix: str = "", **kwargs) -> None:
+    """Load a Hugging Face MoE block's tensors into a ``moekit.MoE``; see hf_state_dict.load_hf_state_dict."""
+    from moekit.integrations.hf_state_dict import load_hf_state_dict as _load
+
+    _load(layer, state_dict, prefix, **kwargs)

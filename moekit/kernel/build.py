@@ -1,6 +1,11 @@
-"""Compose a modular kernel for a problem: ask the scheme's oracle, convert the weights once."""
+"""Compose a modular kernel for a problem: ask the scheme's oracle, convert the weights once.
+
+The oracle's verdict depends only on the problem, the machine and the request, so it is cached on
+those (never on data pointers): ``moekit.fused_moe`` pays for selection once per problem."""
 
 from __future__ import annotations
+
+import functools
 
 from moekit.experts.base import ExpertWeights
 from moekit.hardware import Environment
@@ -14,14 +19,18 @@ def build_kernel(
     problem: MoEProblem, weights: ExpertWeights, env: Environment, requested: str | None = None
 ) -> tuple[ModularKernel, Selection]:
     """``requested`` (an argument) wins over ``env.requested_backend`` (MOEKIT_BACKEND)."""
-    oracle = oracle_for(problem.quant)
-    selection = select_backend(problem, env, oracle.priority, requested or env.requested_backend)
+    selection = select_cached(problem, env, requested or env.requested_backend)
     kernel = ModularKernel(
         prepare_finalize=SINGLE_DEVICE,
         experts=selection.chosen(),
-        weights=oracle.convert_weights(selection.chosen, weights),
+        weights=oracle_for(problem.quant).convert_weights(selection.chosen, weights),
         activation=problem.activation,
         gate_up_layout=problem.gate_up_layout,
         apply_router_weight_on_input=problem.apply_router_weight_on_input,
     )
     return kernel, selection
+
+
+@functools.lru_cache(maxsize=1024)
+def select_cached(problem: MoEProblem, env: Environment, requested: str | None) -> Selection:
+    return select_backend(problem, env, oracle_for(problem.quant).priority, requested)

@@ -33,10 +33,23 @@ class ModularKernel:
     ) -> torch.Tensor:
         shared_out = shared_experts(x) if shared_experts is not None else None
         prepared = self.prepare_finalize.prepare(x, topk_weights, topk_ids, self.apply_router_weight_on_input)
-        expert_out = self.experts.apply(
-            prepared.x, prepared.topk_weights, prepared.topk_ids, self.weights, self.activation, self.gate_up_layout
-        )
+        if torch.compiler.is_compiling():
+            expert_out = self._experts_op(prepared)
+        else:
+            expert_out = self.experts.apply(
+                prepared.x, prepared.topk_weights, prepared.topk_ids, self.weights, self.activation,
+                self.gate_up_layout,
+            )
         return self.prepare_finalize.finalize(expert_out, shared_out, x.dtype)
+
+    def _experts_op(self, prepared) -> torch.Tensor:
+        """The same experts call as one opaque custom op, for torch.compile (kernel/experts_op.py)."""
+        from moekit.kernel.experts_op import routed_experts
+
+        w, act = self.weights, self.activation
+        return routed_experts(prepared.x, prepared.topk_weights, prepared.topk_ids, w.w13, w.w2, w.w13_bias,
+                              w.w2_bias, self.experts.name, act.kind.value, act.alpha, act.limit,
+                              self.gate_up_layout.value)
 
     def describe(self) -> str:
         return f"{self.prepare_finalize.name} x {self.experts.name}"

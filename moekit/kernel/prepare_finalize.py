@@ -29,9 +29,9 @@ class SingleDevicePrepareFinalize:
         return PreparedTokens(x=x, topk_weights=topk_weights, topk_ids=topk_ids)
 
     def finalize(self, expert_out: torch.Tensor, shared_out: torch.Tensor | None, out_dtype) -> torch.Tensor:
-        """expert_out [T, H] fp32 (already weighted and summed over k) + shared_out -> [T, H] out_dtype."""
+        """expert_out [T, H] (already weighted and summed over k) + shared_out -> [T, H] out_dtype."""
         if shared_out is not None:
-            expert_out = expert_out + shared_out.float()
+            expert_out = expert_out + shared_out
         return expert_out.to(out_dtype)
 
 

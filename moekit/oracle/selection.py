@@ -52,7 +52,10 @@ def select_backend(
     for backend in candidates:
         ok, reason = backend.supports(problem, env)
         wanted = requested is None or backend.name == requested
-        if ok and wanted and chosen is None:
+        only_by_name = backend.explicit_only(problem, env) if ok else None
+        if ok and only_by_name and requested != backend.name:
+            reason = f"usable only when requested by name: {only_by_name}"
+        elif ok and wanted and chosen is None:
             chosen, reason = backend, ("requested" if requested else "first supported in priority order")
         elif ok:
             reason = f"not requested (asked for {requested!r})" if requested else f"lower priority than {chosen.name}"

@@ -6,12 +6,13 @@ from __future__ import annotations
 from moekit.experts.base import ExpertsBackend, ExpertWeights
 from moekit.experts.reference import ReferenceExperts
 from moekit.experts.torch_grouped_mm import TorchGroupedMMExperts
+from moekit.experts.triton_fused import TritonExperts
 
 # Fastest first; the reference runs anywhere, so it closes every list.
-PRIORITY: tuple[type[ExpertsBackend], ...] = (TorchGroupedMMExperts, ReferenceExperts)
+PRIORITY: tuple[type[ExpertsBackend], ...] = (TritonExperts, TorchGroupedMMExperts, ReferenceExperts)
 
 
 def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights) -> ExpertWeights:
-    if backend in (TorchGroupedMMExperts, ReferenceExperts):
-        return weights  # both read moekit's layout as it is; grouped_mm takes transposed views
+    if backend in PRIORITY:
+        return weights  # all read moekit's layout as it is (strided loads; grouped_mm takes transposed views)
     raise ValueError(f"no weight conversion from the unquantized layout to backend {backend.name!r}")

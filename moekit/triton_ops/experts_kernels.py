@@ -1,0 +1,234 @@
+"""The fused experts GEMMs on expert-aligned rows (see align.py), fp32 accumulate.
+
+gemm1: for each block of rows of one expert, gate and up tiles of w13 in the same program, the
+bias and the activation in the epilogue: only the I-wide activated rows reach memory.
+gemm2: activated rows @ w2, the bias, then the routing weight in the epilogue, written per pair.
+sum  : a token's k pair rows summed in fp32 (skipped for top_k = 1, where gemm2 writes the token).
+
+Pairs with an out-of-range expert id are absent from the aligned rows and masked in the sum, so
+they contribute nothing; no program reads or writes outside its tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moekit.activations import Activation, ActivationKind, GateUpLayout
+from moekit.triton_ops.align import align_pairs_by_expert
+from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
+
+ACT_CODE = {ActivationKind.SILU: 0, ActivationKind.GELU: 1, ActivationKind.SWIGLUOAI: 2, ActivationKind.RELU2: 3}
+
+
+@triton.jit
+def _tile_ids(NUM_BLOCKS_M, num_blocks_n, GROUP_M: tl.constexpr):
+    """Program id -> (M block, N block), walking GROUP_M M blocks per N tile (weights stay in L2)."""
+    pid = tl.program_id(0)
+    in_group = GROUP_M * num_blocks_n
+    first_m = (pid // in_group) * GROUP_M
+    group_size = tl.minimum(NUM_BLOCKS_M - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_size
+    pid_n = (pid % in_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _activate(gate, up, alpha, limit, ACT: tl.constexpr):
+    if ACT == 0:  # silu(gate) * up
+        return gate * tl.sigmoid(gate) * up
+    elif ACT == 1:  # exact gelu(gate) * up
+        return 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476)) * up
+    elif ACT == 2:  # gpt-oss: gate clamped above, up on both sides
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        return (up + 1.0) * gate * tl.sigmoid(alpha * gate)
+    else:  # relu(x)^2, no gate
+        r = tl.maximum(gate, 0.0)
+        return r * r
+
+
+@triton.jit
+def _gemm1_activation(
+    x_ptr, w_ptr, bias_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, top_k, K, I, NUM_BLOCKS_M,
+    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
+    alpha, limit,
+    ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_ptr + rows)
+    row_ok = pairs < num_pairs
+    tokens = (pairs // top_k).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    if INTERLEAVED:
+        gate_rows, up_rows = 2 * cols, 2 * cols + 1
+    else:
+        gate_rows, up_rows = cols, cols + I
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + tokens[:, None] * stride_xm + ks[None, :] * stride_xk
+    w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wk
+    g_ptrs = w_base + gate_rows[None, :] * stride_wn
+    u_ptrs = w_base + up_rows[None, :] * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = ks < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc_g = tl.dot(a, g, acc_g, input_precision=DOT_PRECISION)
+        if GATED:
+            if EVEN_K:
+                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
+            else:
+                u = tl.load(u_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc_u = tl.dot(a, u, acc_u, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_xk
+        g_ptrs += BLOCK_K * stride_wk
+        u_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        b_base = bias_ptr + expert * stride_be
+        acc_g += tl.load(b_base + gate_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc_u += tl.load(b_base + up_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    h = _activate(acc_g, acc_u, alpha, limit, ACT)
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, h.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+
+
+@triton.jit
+def _gemm2_weighted(
+    a_ptr, w_ptr, bias_ptr, weight_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, N, K, NUM_BLOCKS_M,
+    stride_am, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_ptr + rows)
+    row_ok = pairs < num_pairs
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    ks = tl.arange(0, BLOCK_K)
+    # The activated rows are stored by aligned row, so padding rows exist (finite, never stored).
+    a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :]
+    w_ptrs = w_ptr + expert * stride_we + cols[None, :] * stride_wn + ks[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = ks < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + expert * stride_be + cols * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    acc *= tl.load(weight_ptr + pairs, mask=row_ok, other=0.0)[:, None]
+    out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _sum_over_topk(y_ptr, ids_ptr, out_ptr, H, num_experts, top_k,
+                   BLOCK_TOPK: tl.constexpr, BLOCK_H: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    slots = tl.arange(0, BLOCK_TOPK)
+    ids = tl.load(ids_ptr + token * top_k + slots, mask=slots < top_k, other=-1)
+    ok = (ids >= 0) & (ids < num_experts)  # an out-of-range id's row was never written: skip it
+    y = tl.load(y_ptr + (token * top_k + slots)[:, None] * H + hs[None, :],
+                mask=ok[:, None] & (hs < H)[None, :], other=0.0)
+    tl.store(out_ptr + token * H + hs, tl.sum(y.to(tl.float32), 0).to(out_ptr.dtype.element_ty), mask=hs < H)
+
+
+def fused_experts(
+    x: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H] (or [E, I, H] without a gate)
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [T, k] fp32
+    topk_ids: torch.Tensor,  # [T, k] int32/int64
+    activation: Activation,
+    gate_up_layout: GateUpLayout,
+    tiles: ExpertsTiles,
+    w13_bias: torch.Tensor | None = None,
+    w2_bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,  # [T, H] x.dtype, written whole (tests pass a poisoned one)
+) -> torch.Tensor:
+    """sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as [T, H] in x.dtype."""
+    num_tokens, hidden = x.shape
+    num_experts, _, inter = w2.shape
+    top_k = topk_ids.shape[1]
+    if out is None:
+        out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
+    if num_tokens == 0:
+        return out
+    num_pairs = num_tokens * top_k
+    topk_ids = topk_ids.contiguous()
+    aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
+    rows = aligned.sorted_pairs.numel()
+    num_blocks_m = rows // tiles.block_m
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+
+    activated = torch.empty(rows, inter, dtype=x.dtype, device=x.device)
+    g1 = tiles.gemm1
+    bias1 = w13_bias if w13_bias is not None else w13  # any pointer: unread without HAS_BIAS
+    _gemm1_activation[(num_blocks_m * triton.cdiv(inter, g1.block_n),)](
+        x, w13, bias1, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+        num_pairs, top_k, hidden, inter, num_blocks_m,
+        x.stride(0), x.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+        bias1.stride(0), bias1.stride(-1), activated.stride(0),
+        activation.alpha, activation.limit,
+        ACT=ACT_CODE[activation.kind], GATED=activation.gated,
+        INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
+        EVEN_K=hidden % g1.block_k == 0, DOT_PRECISION=precision,
+        BLOCK_M=tiles.block_m, BLOCK_N=g1.block_n, BLOCK_K=g1.block_k, GROUP_M=g1.group_m,
+        num_warps=g1.num_warps, num_stages=g1.num_stages,
+    )
+
+    if top_k == 1:
+        # gemm2 writes each token's row itself; a token whose id is out of range keeps zeros.
+        pair_rows = out.zero_()
+    else:
+        pair_rows = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
+    g2 = tiles.gemm2
+    bias2 = w2_bias if w2_bias is not None else w2
+    weights = topk_weights.reshape(-1).float()
+    _gemm2_weighted[(num_blocks_m * triton.cdiv(hidden, g2.block_n),)](
+        activated, w2, bias2, weights, pair_rows, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+        num_pairs, hidden, inter, num_blocks_m,
+        activated.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), bias2.stride(0), bias2.stride(-1),
+        pair_rows.stride(0),
+        HAS_BIAS=w2_bias is not None, EVEN_K=inter % g2.block_k == 0, DOT_PRECISION=precision,
+        BLOCK_M=tiles.block_m, BLOCK_N=g2.block_n, BLOCK_K=g2.block_k, GROUP_M=g2.group_m,
+        num_warps=g2.num_warps, num_stages=g2.num_stages,
+    )
+    if top_k > 1:
+        block_h = min(1024, triton.next_power_of_2(hidden))
+        _sum_over_topk[(num_tokens, triton.cdiv(hidden, block_h))](
+            pair_rows, topk_ids, out, hidden, num_experts, top_k,
+            BLOCK_TOPK=triton.next_power_of_2(top_k), BLOCK_H=block_h, num_warps=4,
+        )
+    return out
+
+
+__all__ = ["ExpertsTiles", "GemmTiles", "fused_experts"]

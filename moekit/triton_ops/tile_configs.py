@@ -1,0 +1,104 @@
+"""Tile configurations of the fused experts kernels: tuned tables per device and shape, and the
+default heuristic that serves any shape without one.
+
+A table is a JSON file in ``moekit/triton_ops/configs/`` (written by ``moekit tune``), named by
+device, shape and dtype, mapping token counts (buckets) to a config; a call takes the bucket
+nearest its token count (in log scale). Both GEMMs share ``block_m``, the row block of the
+expert alignment; each has its own N/K tiles, warps and pipeline depth.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class GemmTiles:
+    block_n: int
+    block_k: int
+    group_m: int = 1  # programs of one N tile walk this many M blocks first (L2 reuse of weights)
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class ExpertsTiles:
+    block_m: int
+    gemm1: GemmTiles  # x @ w13 -> activation; block_n counts output columns (I), gate and up both
+    gemm2: GemmTiles  # act @ w2 -> weighted rows; block_n counts H columns
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> ExpertsTiles:
+        return ExpertsTiles(d["block_m"], GemmTiles(**d["gemm1"]), GemmTiles(**d["gemm2"]))
+
+
+@dataclass(frozen=True)
+class TableKey:
+    device: str
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+    dtype: torch.dtype
+    gated: bool = True
+
+    def file_name(self) -> str:
+        device = re.sub(r"[^A-Za-z0-9]+", "_", self.device).strip("_")
+        dtype = str(self.dtype).removeprefix("torch.")
+        gate = "" if self.gated else ",nogate"
+        return (f"E={self.num_experts},k={self.top_k},H={self.hidden_size},I={self.intermediate_size},"
+                f"dtype={dtype}{gate},device={device}.json")
+
+
+def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
+    """The tiles for this call, and where they came from ("tuned <file> bucket N" or "default")."""
+    table = load_table(key)
+    if table:
+        bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(max(num_tokens, 1))))
+        return table[bucket], f"tuned {key.file_name()} bucket {bucket}"
+    return default_tiles(key, num_tokens), "default heuristic"
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(key: TableKey) -> dict[int, ExpertsTiles]:
+    path = CONFIG_DIR / key.file_name()
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {int(tokens): ExpertsTiles.from_json(cfg) for tokens, cfg in data["buckets"].items()}
+
+
+def write_table(key: TableKey, buckets: dict[int, ExpertsTiles], meta: dict, directory: Path = CONFIG_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / key.file_name()
+    payload = {"meta": meta, "buckets": {str(t): cfg.to_json() for t, cfg in sorted(buckets.items())}}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    load_table.cache_clear()
+    return path
+
+
+def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
+    """Sound tiles for any shape, by the average rows per expert (decode streams weights; prefill
+    is a compute-bound grouped GEMM)."""
+    rows_per_expert = num_tokens * key.top_k / key.num_experts
+    if key.dtype == torch.float32:  # the interpreter, or fp32 on a GPU: modest tiles
+        return ExpertsTiles(16, GemmTiles(32, 32), GemmTiles(32, 32))
+    if rows_per_expert <= 16:
+        return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(64, 128, 1, 4, 4))
+    if rows_per_expert <= 48:
+        return ExpertsTiles(32, GemmTiles(64, 128, 1, 4, 3), GemmTiles(64, 128, 1, 4, 3))
+    if rows_per_expert <= 160:
+        return ExpertsTiles(64, GemmTiles(64, 64, 8, 4, 4), GemmTiles(128, 64, 8, 4, 4))
+    return ExpertsTiles(128, GemmTiles(64, 64, 8, 8, 4), GemmTiles(128, 64, 8, 8, 4))

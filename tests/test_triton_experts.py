@@ -1,0 +1,114 @@
+"""The Triton experts backend against the float64 spec, in Triton's CPU interpreter (fp32/fp16:
+bf16 dots are wrong under the interpreter; docs/facts.md)."""
+
+import pytest
+import torch
+
+import moekit
+from moekit.activations import GateUpLayout, parse_activation
+from moekit.experts import TritonExperts
+from moekit.triton_ops.experts_kernels import fused_experts
+from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
+from moe_inputs import make_inputs, run_fused, spec_of
+from tolerance import assert_close_to_reference
+
+GRID = [
+    # tokens, experts, top_k, hidden, inter
+    (1, 1, 1, 8, 8),  # one token, one expert
+    (0, 4, 2, 24, 20),  # no tokens: nothing launched
+    (7, 5, 5, 13, 11),  # top_k == E, prime sizes: every tile is partial
+    (33, 64, 8, 40, 36),  # many experts with one or two rows each
+    (100, 7, 2, 72, 50),  # E not a power of two; 100 tokens: rows not a multiple of the tile
+    (3, 128, 8, 17, 9),  # most experts empty
+]
+SMALL = ExpertsTiles(16, GemmTiles(16, 16, 2), GemmTiles(16, 32, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", GRID)
+def test_grid_through_fused_moe(shape, dtype):
+    inp = make_inputs(*shape, dtype=dtype)
+    assert_close_to_reference(run_fused(inp, backend="triton"), spec_of(inp), dtype)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "swigluoai", "relu2"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_activations_and_biases(activation, bias):
+    inp = make_inputs(45, 6, 2, 30, 22, gated=activation != "relu2", bias=bias)
+    out = run_fused(inp, activation, backend="triton")
+    assert_close_to_reference(out, spec_of(inp, activation), torch.float32)
+
+
+def test_interleaved_gate_up():
+    inp = make_inputs(20, 4, 2, 16, 10, bias=True)
+    gate, up = inp.w13.chunk(2, dim=1)
+    w13_il = torch.stack([gate, up], dim=2).reshape_as(inp.w13)
+    b_gate, b_up = inp.w13_bias.chunk(2, dim=1)
+    b13_il = torch.stack([b_gate, b_up], dim=2).reshape_as(inp.w13_bias)
+    out = moekit.fused_moe(inp.x, w13_il, inp.w2, inp.topk_weights, inp.topk_ids, "swigluoai", b13_il,
+                           inp.w2_bias, gate_up_layout="interleaved", backend="triton")
+    assert_close_to_reference(out, spec_of(inp, "swigluoai"), torch.float32)
+
+
+@pytest.mark.parametrize("tiles", [
+    ExpertsTiles(16, GemmTiles(16, 16, 1), GemmTiles(16, 16, 1)),  # K a multiple of the tile (no K mask)
+    ExpertsTiles(32, GemmTiles(32, 64, 4), GemmTiles(64, 16, 3)),  # K smaller than one tile
+    ExpertsTiles(64, GemmTiles(16, 32, 8, num_warps=8), GemmTiles(32, 32, 8)),  # most rows of a block padding
+], ids=["even-k", "k-below-tile", "block-m-64"])
+def test_tile_shapes(tiles):
+    inp = make_inputs(70, 9, 3, 48, 32, bias=True)
+    out = fused_experts(inp.x, inp.w13, inp.w2, inp.topk_weights, inp.topk_ids, parse_activation("silu"),
+                        GateUpLayout.CONCATENATED, tiles, inp.w13_bias, inp.w2_bias)
+    assert_close_to_reference(out, spec_of(inp), torch.float32)
+
+
+def test_non_contiguous_input():
+    inp = make_inputs(21, 6, 2, 24, 16)
+    x_t = inp.x.t().contiguous().t()  # same values, column-major
+    out = moekit.fused_moe(x_t, inp.w13, inp.w2, inp.topk_weights, inp.topk_ids, backend="triton")
+    assert_close_to_reference(out, spec_of(inp), torch.float32)
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_out_of_range_ids_contribute_nothing(top_k):
+    inp = make_inputs(40, 6, top_k, 24, 16)
+    bad = torch.rand(inp.topk_ids.shape) < 0.3
+    bad_values = torch.tensor([-1, 6, 7, 10**6], dtype=torch.int32)[torch.randint(0, 4, inp.topk_ids.shape)]
+    ids = torch.where(bad, bad_values, inp.topk_ids)
+    poisoned = torch.full_like(inp.x, float("nan"))
+    out = fused_experts(inp.x, inp.w13, inp.w2, inp.topk_weights, ids, parse_activation("silu"),
+                        GateUpLayout.CONCATENATED, SMALL, out=poisoned)
+    # The spec of the same batch with the bad pairs' weights zeroed (and any valid id in their place).
+    ref = moekit.fused_moe_spec(inp.x, inp.w13, inp.w2, inp.topk_weights.masked_fill(bad, 0.0),
+                                torch.where(bad, 0, ids))
+    assert bad.any() and out.data_ptr() == poisoned.data_ptr()
+    assert_close_to_reference(out, ref, torch.float32)
+
+
+def test_every_output_element_written():
+    inp = make_inputs(37, 8, 2, 40, 24)
+    poisoned = torch.full_like(inp.x, float("nan"))
+    out = fused_experts(inp.x, inp.w13, inp.w2, inp.topk_weights, inp.topk_ids, parse_activation("silu"),
+                        GateUpLayout.CONCATENATED, SMALL, out=poisoned)
+    assert out.data_ptr() == poisoned.data_ptr()
+    assert_close_to_reference(out, spec_of(inp), torch.float32)
+
+
+def test_apply_matches_fused_moe_default_tiles():
+    inp = make_inputs(12, 8, 2, 32, 16, dtype=torch.float16)
+    act = parse_activation("silu")
+    out = TritonExperts().apply(inp.x, inp.topk_weights, inp.topk_ids, moekit.ExpertWeights(inp.w13, inp.w2), act,
+                                GateUpLayout.CONCATENATED)
+    assert_close_to_reference(out, spec_of(inp), torch.float16)
+
+
+def test_layer_with_triton_backend_on_cpu():
+    layer = moekit.MoE(8, 2, 32, 16, dtype=torch.float32, device="cpu", shared_intermediate_size=16,
+                       backend="triton")
+    assert layer.explain().backend == "triton"
+    ref_layer = moekit.MoE(8, 2, 32, 16, dtype=torch.float32, device="cpu", shared_intermediate_size=16)
+    ref_layer.load_state_dict(layer.state_dict())
+    assert ref_layer.explain().backend == "reference"  # on the CPU the interpreter is never the default
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref_layer(x), rtol=1e-5, atol=1e-5)
