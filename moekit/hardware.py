@@ -3,7 +3,6 @@ to the oracle as data (the oracle itself reads no globals)."""
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -34,15 +33,19 @@ def current_environment() -> Environment:
     )
 
 
-@functools.lru_cache(maxsize=1)
+_MACHINE: list[tuple] = []  # a plain cache (not lru_cache), which torch.compile traces without a warning
+
+
 def _machine() -> tuple[bool, str, tuple[int, int] | None, bool]:
-    cuda = torch.cuda.is_available()
-    return (
-        cuda,
-        torch.cuda.get_device_name(0) if cuda else "cpu",
-        torch.cuda.get_device_capability(0) if cuda else None,
-        importlib.util.find_spec("triton") is not None,
-    )
+    if not _MACHINE:
+        cuda = torch.cuda.is_available()
+        _MACHINE.append((
+            cuda,
+            torch.cuda.get_device_name(0) if cuda else "cpu",
+            torch.cuda.get_device_capability(0) if cuda else None,
+            importlib.util.find_spec("triton") is not None,
+        ))
+    return _MACHINE[0]
 
 
 def default_device() -> torch.device:

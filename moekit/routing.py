@@ -2,18 +2,23 @@
 
 Every variant the supported models use is one ``RoutingConfig``; ``route`` is the functional form
 with the signature of DESIGN.md. The math follows each model's own router code (tests/test_routing.py
-checks it against the Hugging Face implementations on the same logits).
+checks it against the Hugging Face implementations on the same logits). On CUDA the same math runs
+as one fused Triton kernel (moekit/triton_ops/routing_kernel.py) where it supports the routing;
+``MOEKIT_ROUTING=torch|triton`` forces a path (docs/routing.md).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from moekit import triton_ops  # does not import triton
 from moekit._checks import FLOAT_DTYPES, check_positive_int, check_shape, check_tensor, check_top_k
+from moekit.host_checks import host_checks_enabled
 
 # A user routing function: (router_logits [T, E], top_k) -> (weights [T, k], ids [T, k]).
 RoutingFunction = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -83,9 +88,15 @@ def route(
     if correction_bias is not None:
         check_tensor("correction_bias", correction_bias, dim=1, dtypes=FLOAT_DTYPES)
         check_shape("correction_bias", correction_bias, (num_experts,))
-    if torch.isnan(router_logits).any():
+    # A host sync: eager only, and switchable (moekit.set_host_checks / MOEKIT_HOST_CHECKS).
+    if host_checks_enabled(router_logits) and torch.isnan(router_logits).any():
         raise ValueError("router_logits contains NaN")
 
+    if _use_fused_kernel(router_logits, top_k, scoring, num_groups):
+        from moekit.triton_ops.routing_kernel import fused_route
+
+        return fused_route(router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias,
+                           routed_scaling_factor)
     if callable(scoring) and not isinstance(scoring, Scoring):
         weights, ids = _route_user(scoring, router_logits, top_k)
     elif scoring in (Scoring.TOPK_SOFTMAX, Scoring.TOPK_SIGMOID):
@@ -113,6 +124,43 @@ def route_with_config(router_logits: torch.Tensor, top_k: int, config: RoutingCo
         correction_bias=correction_bias,
         routed_scaling_factor=config.routed_scaling_factor,
     )
+
+
+def _use_fused_kernel(router_logits: torch.Tensor, top_k: int, scoring, num_groups) -> bool:
+    """The fused Triton kernel when it can run, else PyTorch; ``MOEKIT_ROUTING`` = torch | triton forces
+    one, and forcing triton where it cannot run is an error that says why."""
+    requested = os.environ.get("MOEKIT_ROUTING", "")
+    if requested == "torch":
+        return False
+    if requested not in ("", "triton"):
+        raise ValueError(f"MOEKIT_ROUTING must be 'torch' or 'triton', got {requested!r}")
+    forced = requested == "triton"
+    refusal = _fused_kernel_refusal(router_logits, top_k, scoring, num_groups, forced)
+    if refusal is not None and forced:
+        raise ValueError(f"MOEKIT_ROUTING=triton, but the fused routing kernel cannot run: {refusal}")
+    return refusal is None
+
+
+_triton_found: bool | None = None  # find_spec costs microseconds per call; ask once
+
+
+def _fused_kernel_refusal(router_logits: torch.Tensor, top_k: int, scoring, num_groups, forced: bool) -> str | None:
+    global _triton_found
+    # Unforced, only CUDA; forced, also the CPU under TRITON_INTERPRET=1 (how CI tests the kernel).
+    if not (router_logits.is_cuda or (forced and triton_ops.interpreting())):
+        return f"router_logits are on {router_logits.device}; the kernel needs CUDA (or TRITON_INTERPRET=1)"
+    if not isinstance(scoring, Scoring):
+        return "user routing functions run in PyTorch"
+    if router_logits.requires_grad and torch.is_grad_enabled():
+        return "router_logits require grad and the kernel has no backward"
+    if _triton_found is None:
+        _triton_found = triton_ops.triton_importable()
+    if not _triton_found:
+        return "triton is not installed"
+    from moekit.triton_ops.routing_kernel import fused_route_supported
+
+    ok, why = fused_route_supported(router_logits.shape[1], top_k, scoring, num_groups)
+    return None if ok else why
 
 
 def _check_groups(num_groups, topk_groups, num_experts: int, top_k: int) -> None:

@@ -112,3 +112,36 @@ def test_unquantized_oracle_priority_ends_with_reference():
     assert moekit.oracle.oracle_for("none").priority[-1] is ReferenceExperts
     with pytest.raises(NotImplementedError, match="no backend oracle for quant scheme 'mxfp4'"):
         moekit.oracle.oracle_for("mxfp4")
+
+
+def test_unquantized_oracle_picks_triton_on_gpu():
+    from moekit.oracle import oracle_for
+
+    sel = select_backend(problem(intermediate_size=16), GPU_ENV, oracle_for("none").priority)
+    assert sel.chosen.name == "triton"
+    assert [row[:2] for row in sel.table()] == [("triton", "chosen"), ("torch-grouped-mm", "usable"),
+                                                ("reference", "usable")]
+
+
+def test_triton_refused_without_triton_or_on_old_gpus():
+    from moekit.experts import TritonExperts
+
+    no_triton = Environment(True, "H100", (9, 0), False, None)
+    assert TritonExperts.supports(problem(), no_triton) == (False, "triton is not installed")
+    old = Environment(True, "V100", (7, 0), True, None)
+    ok, reason = TritonExperts.supports(problem(), old)
+    assert not ok and "compute capability" in reason
+
+
+def test_interpreted_triton_serves_the_cpu_only_when_requested():
+    from moekit.oracle import oracle_for
+
+    interp = Environment(False, "cpu", None, True, None, triton_interpreter=True)
+    cpu_problem = problem(device_type="cpu", dtype=torch.float32)
+    sel = select_backend(cpu_problem, interp, oracle_for("none").priority)
+    assert sel.chosen.name == "reference"
+    assert sel.table()[0][0] == "triton" and "only when requested" in sel.table()[0][2]
+    assert select_backend(cpu_problem, interp, oracle_for("none").priority, requested="triton").chosen.name == "triton"
+    no_interp = Environment(False, "cpu", None, True, None)
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        select_backend(cpu_problem, no_interp, oracle_for("none").priority, requested="triton")

@@ -8,10 +8,10 @@ import sys
 from rich.markup import escape
 
 import moekit
-from moekit.cli import explain, info, run
+from moekit.cli import bench, explain, info, run, tune
 from moekit.cli.common import CliError, make_console
 
-_COMMANDS = (run, explain, info)
+_COMMANDS = (run, explain, info, tune, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,6 @@ those (never on data pointers): ``moekit.fused_moe`` pays for selection once per
 
 from __future__ import annotations
 
-import functools
-
 from moekit.experts.base import ExpertWeights
 from moekit.hardware import Environment
 from moekit.kernel.modular import ModularKernel
@@ -31,6 +29,11 @@ def build_kernel(
     return kernel, selection
 
 
-@functools.lru_cache(maxsize=1024)
+_SELECTIONS: dict[tuple, Selection] = {}  # a plain dict: torch.compile traces it without a warning
+
+
 def select_cached(problem: MoEProblem, env: Environment, requested: str | None) -> Selection:
-    return select_backend(problem, env, oracle_for(problem.quant).priority, requested)
+    key = (problem, env, requested)
+    if key not in _SELECTIONS:
+        _SELECTIONS[key] = select_backend(problem, env, oracle_for(problem.quant).priority, requested)
+    return _SELECTIONS[key]

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.triton_ops.launcher import cdiv, launch, next_pow2
+
 SINGLE_PROGRAM_MAX_PAIRS = 4096  # above this the one-program path runs out of registers
 
 
@@ -34,7 +36,7 @@ class AlignedPairs:
 
 def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
     rows = num_pairs + min(num_experts, num_pairs) * (block_m - 1)
-    return triton.cdiv(rows, block_m) * block_m
+    return cdiv(rows, block_m) * block_m
 
 
 @triton.jit
@@ -45,7 +47,8 @@ def _align_one_program(ids_ptr, counter_ptr, sorted_ptr, block_expert_ptr, num_r
     experts = tl.arange(0, BLOCK_EXPERTS)
     ids = tl.load(ids_ptr + pairs, mask=pairs < num_pairs, other=-1)
     valid = (ids >= 0) & (ids < num_experts) & (pairs < num_pairs)
-    ids = tl.where(valid, ids, num_experts)  # invalid pairs fall in the spare bin num_experts
+    # Invalid pairs fall in the spare bin num_experts; int32 after the range check (ids may be int64).
+    ids = tl.where(valid, ids, num_experts).to(tl.int32)
     counts = tl.histogram(ids, BLOCK_EXPERTS)
     counts = tl.where(experts < num_experts, counts, 0)
     padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
@@ -106,21 +109,22 @@ def align_pairs_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int
     sorted_pairs = torch.empty(rows, dtype=torch.int32, device=dev)
     block_expert = torch.empty(max(rows // block_m, 1), dtype=torch.int32, device=dev)
     num_rows = torch.empty(1, dtype=torch.int32, device=dev)
-    block_experts = triton.next_power_of_2(num_experts + 1)  # + the spare bin for invalid ids
+    block_experts = next_pow2(num_experts + 1)  # + the spare bin for invalid ids
     if num_pairs <= single_program_max_pairs and block_experts <= 8192:
         counter = torch.empty(num_experts + 1, dtype=torch.int32, device=dev)
-        _align_one_program[(1,)](ids, counter, sorted_pairs, block_expert, num_rows, num_pairs, num_experts,
-                                 BLOCK_PAIRS=triton.next_power_of_2(max(num_pairs, 16)),
-                                 BLOCK_EXPERTS=block_experts, BLOCK_M=block_m, num_warps=8)
+        launch(_align_one_program, (1,),
+               (ids, counter, sorted_pairs, block_expert, num_rows, num_pairs, num_experts),
+               dict(BLOCK_PAIRS=next_pow2(max(num_pairs, 16)), BLOCK_EXPERTS=block_experts, BLOCK_M=block_m),
+               8, 3)
     else:
         counts = torch.zeros(num_experts, dtype=torch.int32, device=dev)
         rank = torch.empty(num_pairs, dtype=torch.int32, device=dev)
         starts = torch.empty(num_experts, dtype=torch.int32, device=dev)
         block = 1024
-        grid = (triton.cdiv(num_pairs, block),)
-        _count[grid](ids, counts, rank, num_pairs, num_experts, BLOCK=block)
-        _offsets[(1,)](counts, starts, sorted_pairs, num_rows, num_pairs, num_experts,
-                       BLOCK_EXPERTS=triton.next_power_of_2(num_experts), BLOCK_M=block_m, num_warps=8)
-        _scatter[grid](ids, rank, starts, sorted_pairs, block_expert, num_pairs, num_experts,
-                       BLOCK=block, BLOCK_M=block_m)
+        grid = (cdiv(num_pairs, block),)
+        launch(_count, grid, (ids, counts, rank, num_pairs, num_experts), dict(BLOCK=block), 4, 3)
+        launch(_offsets, (1,), (counts, starts, sorted_pairs, num_rows, num_pairs, num_experts),
+               dict(BLOCK_EXPERTS=next_pow2(num_experts), BLOCK_M=block_m), 8, 3)
+        launch(_scatter, grid, (ids, rank, starts, sorted_pairs, block_expert, num_pairs, num_experts),
+               dict(BLOCK=block, BLOCK_M=block_m), 4, 3)
     return AlignedPairs(sorted_pairs, block_expert, num_rows, block_m)

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from moekit.activations import Activation, ActivationKind, GateUpLayout
-from moekit.triton_ops.align import align_pairs_by_expert
+from moekit.triton_ops.align import AlignedPairs, align_pairs_by_expert
+from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
 
 ACT_CODE = {ActivationKind.SILU: 0, ActivationKind.GELU: 1, ActivationKind.SWIGLUOAI: 2, ActivationKind.RELU2: 3}
@@ -176,59 +177,75 @@ def fused_experts(
 ) -> torch.Tensor:
     """sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as [T, H] in x.dtype."""
     num_tokens, hidden = x.shape
-    num_experts, _, inter = w2.shape
     top_k = topk_ids.shape[1]
     if out is None:
         out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
     if num_tokens == 0:
         return out
-    num_pairs = num_tokens * top_k
     topk_ids = topk_ids.contiguous()
-    aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
-    rows = aligned.sorted_pairs.numel()
-    num_blocks_m = rows // tiles.block_m
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-
-    activated = torch.empty(rows, inter, dtype=x.dtype, device=x.device)
-    g1 = tiles.gemm1
-    bias1 = w13_bias if w13_bias is not None else w13  # any pointer: unread without HAS_BIAS
-    _gemm1_activation[(num_blocks_m * triton.cdiv(inter, g1.block_n),)](
-        x, w13, bias1, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
-        num_pairs, top_k, hidden, inter, num_blocks_m,
-        x.stride(0), x.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
-        bias1.stride(0), bias1.stride(-1), activated.stride(0),
-        activation.alpha, activation.limit,
-        ACT=ACT_CODE[activation.kind], GATED=activation.gated,
-        INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
-        EVEN_K=hidden % g1.block_k == 0, DOT_PRECISION=precision,
-        BLOCK_M=tiles.block_m, BLOCK_N=g1.block_n, BLOCK_K=g1.block_k, GROUP_M=g1.group_m,
-        num_warps=g1.num_warps, num_stages=g1.num_stages,
-    )
-
+    aligned = align_pairs_by_expert(topk_ids, w2.shape[0], tiles.block_m)
+    activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1)
     if top_k == 1:
         # gemm2 writes each token's row itself; a token whose id is out of range keeps zeros.
-        pair_rows = out.zero_()
-    else:
-        pair_rows = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
-    g2 = tiles.gemm2
-    bias2 = w2_bias if w2_bias is not None else w2
-    weights = topk_weights.reshape(-1).float()
-    _gemm2_weighted[(num_blocks_m * triton.cdiv(hidden, g2.block_n),)](
-        activated, w2, bias2, weights, pair_rows, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
-        num_pairs, hidden, inter, num_blocks_m,
-        activated.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), bias2.stride(0), bias2.stride(-1),
-        pair_rows.stride(0),
-        HAS_BIAS=w2_bias is not None, EVEN_K=inter % g2.block_k == 0, DOT_PRECISION=precision,
-        BLOCK_M=tiles.block_m, BLOCK_N=g2.block_n, BLOCK_K=g2.block_k, GROUP_M=g2.group_m,
-        num_warps=g2.num_warps, num_stages=g2.num_stages,
-    )
-    if top_k > 1:
-        block_h = min(1024, triton.next_power_of_2(hidden))
-        _sum_over_topk[(num_tokens, triton.cdiv(hidden, block_h))](
-            pair_rows, topk_ids, out, hidden, num_experts, top_k,
-            BLOCK_TOPK=triton.next_power_of_2(top_k), BLOCK_H=block_h, num_warps=4,
-        )
+        launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, out.zero_(), tiles.gemm2)
+        return out
+    pair_rows = torch.empty(num_tokens * top_k, hidden, dtype=x.dtype, device=x.device)
+    launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, pair_rows, tiles.gemm2)
+    launch_sum(pair_rows, topk_ids, w2.shape[0], out)
     return out
 
 
-__all__ = ["ExpertsTiles", "GemmTiles", "fused_experts"]
+def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation: Activation,
+                 gate_up_layout: GateUpLayout, g: GemmTiles, activated: torch.Tensor | None = None):
+    """x @ w13 per aligned row block, bias and activation fused: the activated rows [rows, I]."""
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden, inter = x.shape[1], w13.shape[1] // 2 if activation.gated else w13.shape[1]
+    if activated is None:
+        activated = torch.empty(rows, inter, dtype=x.dtype, device=x.device)
+    bias = w13_bias if w13_bias is not None else w13  # any pointer: never read without HAS_BIAS
+    LAST_COMPILED["gemm1"] = launch(
+        _gemm1_activation, (rows // block_m * cdiv(inter, g.block_n),),
+        (x, w13, bias, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+         x.shape[0] * top_k, top_k, hidden, inter, rows // block_m,
+         x.stride(0), x.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+         bias.stride(0), bias.stride(-1), activated.stride(0), activation.alpha, activation.limit),
+        dict(ACT=ACT_CODE[activation.kind], GATED=activation.gated,
+             INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
+             EVEN_K=hidden % g.block_k == 0, DOT_PRECISION=_precision(x.dtype),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
+        g.num_warps, g.num_stages)
+    return activated
+
+
+def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, out_rows: torch.Tensor, g: GemmTiles):
+    """activated @ w2 per aligned row block, bias and routing weight fused, into out_rows[pair]."""
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden, inter = w2.shape[1], w2.shape[2]
+    bias = w2_bias if w2_bias is not None else w2
+    LAST_COMPILED["gemm2"] = launch(
+        _gemm2_weighted, (rows // block_m * cdiv(hidden, g.block_n),),
+        (activated, w2, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs, aligned.block_expert,
+         aligned.num_rows, topk_weights.numel(), hidden, inter, rows // block_m,
+         activated.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), bias.stride(0), bias.stride(-1),
+         out_rows.stride(0)),
+        dict(HAS_BIAS=w2_bias is not None, EVEN_K=inter % g.block_k == 0, DOT_PRECISION=_precision(activated.dtype),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
+        g.num_warps, g.num_stages)
+    return out_rows
+
+
+def launch_sum(pair_rows, topk_ids, num_experts: int, out):
+    num_tokens, hidden = out.shape
+    block_h = min(1024, next_pow2(hidden))
+    launch(_sum_over_topk, (num_tokens, cdiv(hidden, block_h)),
+           (pair_rows, topk_ids, out, hidden, num_experts, topk_ids.shape[1]),
+           dict(BLOCK_TOPK=next_pow2(topk_ids.shape[1]), BLOCK_H=block_h), 4, 3)
+    return out
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 exact (tests); ignored for 16-bit dots
+
+
+# The compiled kernels of the latest launches (registers, spills, asm): read by ``moekit tune``.
+LAST_COMPILED: dict[str, object] = {}

@@ -16,9 +16,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from moekit.routing import Scoring
 from moekit.triton_ops import interpreting
+from moekit.triton_ops.launcher import launch, next_pow2
 
 MAX_EXPERTS = 1024  # one row of logits (padded to powers of two) must fit in a program's registers
 MAX_PADDED_EXPERTS = 2048  # next_pow2(groups) * next_pow2(group size)
@@ -31,7 +33,7 @@ _SCORING_CODE = {"softmax": 0, "sigmoid": 1, "topk_softmax": 2, "topk_sigmoid": 
 # and leaves many programs for large batches (to be tuned on the device); the interpreter runs one
 # program at a time in numpy, so there fewer, larger programs are much faster.
 _GPU_TILE = 1024
-_INTERPRETER_TILE = 1 << 21
+_INTERPRETER_TILE = 1 << 20  # triton's largest tensor
 
 
 @triton.jit
@@ -50,12 +52,36 @@ def _row_sum(x):
 
 
 @triton.jit
+def _exp(x, PRECISE: tl.constexpr):
+    if PRECISE:  # expf as PyTorch's own kernels use it (tl.exp is a faster approximation on GPUs)
+        return libdevice.exp(x)
+    else:  # the interpreter has no libdevice; its tl.exp is numpy's
+        return tl.exp(x)
+
+
+@triton.jit
+def _div(a, b):  # correctly rounded, as in PyTorch (a plain `/` is approximate on GPUs)
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    """fp32 x rounded to `dtype` (to nearest, ties to even), returned as fp32."""
+    if dtype == tl.bfloat16:  # by hand: the interpreter's fp32 -> bf16 cast truncates
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _fused_route_kernel(
     logits_ptr, bias_ptr, weights_ptr, ids_ptr,
     num_tokens, stride_t, stride_e, scaling,
     TOP_K: tl.constexpr, SCORING: tl.constexpr, RENORMALIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
     NUM_GROUPS: tl.constexpr, GROUP_SIZE: tl.constexpr, TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GS: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GS: tl.constexpr, BLOCK_K: tl.constexpr, PRECISE: tl.constexpr,
 ):
     NUM_EXPERTS: tl.constexpr = NUM_GROUPS * GROUP_SIZE
     NEG_INF: tl.constexpr = float("-inf")
@@ -70,10 +96,10 @@ def _fused_route_kernel(
     x = tl.load(logits_ptr + rows3 * stride_t + expert * stride_e, mask=(rows3 < num_tokens) & is_expert, other=0.0)
     logits = tl.where(is_expert, x.to(tl.float32), NEG_INF)
     if SCORING == 0:  # softmax over all experts
-        e = tl.exp(logits - _row_max(logits)[:, None, None])
-        scores = e / _row_sum(e)[:, None, None]
-    elif SCORING == 1:  # sigmoid per expert
-        scores = tl.sigmoid(logits)
+        e = _exp(logits - _row_max(logits)[:, None, None], PRECISE)
+        scores = _div(e, _row_sum(e)[:, None, None])
+    elif SCORING == 1:  # sigmoid per expert, as PyTorch computes it
+        scores = _div(1.0, 1.0 + _exp(-logits, PRECISE))
     else:  # top-k on the raw logits; the weights come from the chosen logits after the top-k
         scores = logits
 
@@ -82,10 +108,9 @@ def _fused_route_kernel(
         bias = tl.load(bias_ptr + expert, mask=is_expert, other=0.0)
         if SCORING <= 1:
             choice = scores + bias.to(tl.float32)
-        else:
-            # PyTorch adds the bias in the logits' dtype: round the sum the same way.
-            dtype = logits_ptr.dtype.element_ty
-            choice = (logits + bias.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        else:  # PyTorch adds the bias in the logits' dtype: round the same way
+            choice = _round_to(logits + _round_to(bias.to(tl.float32), logits_ptr.dtype.element_ty),
+                               logits_ptr.dtype.element_ty)
     # Padded slots and NaN can never win, so the argmax below always finds an available expert.
     choice = tl.where(is_expert & (choice == choice), choice, NEG_INF)
     available = is_expert
@@ -124,12 +149,12 @@ def _fused_route_kernel(
     in_k = kk < TOP_K
     if SCORING == 2:  # gpt-oss: softmax over the k chosen logits
         top_w = tl.where(in_k, top_w, NEG_INF)
-        e = tl.exp(top_w - tl.max(top_w, axis=1)[:, None])
-        top_w = e / tl.sum(e, axis=1)[:, None]
+        e = _exp(top_w - tl.max(top_w, axis=1)[:, None], PRECISE)
+        top_w = _div(e, tl.sum(e, axis=1)[:, None])
     elif SCORING == 3:  # Llama-4: sigmoid of each chosen logit
-        top_w = tl.where(in_k, tl.sigmoid(top_w), 0.0)
+        top_w = tl.where(in_k, _div(1.0, 1.0 + _exp(-top_w, PRECISE)), 0.0)
     if RENORMALIZE:  # the same epsilon as the PyTorch path (DeepSeek-V3's router)
-        top_w = top_w / (tl.sum(top_w, axis=1)[:, None] + 1e-20)
+        top_w = _div(top_w, tl.sum(top_w, axis=1)[:, None] + 1e-20)
     top_w = top_w * scaling
 
     out = rows[:, None] * TOP_K + kk
@@ -149,7 +174,7 @@ def fused_route_supported(num_experts: int, top_k: int, scoring, num_groups: Opt
     groups, group_size = _group_layout(num_experts, scoring, num_groups)
     if groups > MAX_GROUPS:
         return False, f"{groups} groups exceed the kernel's {MAX_GROUPS} unrolled group rounds"
-    padded = triton.next_power_of_2(groups) * triton.next_power_of_2(group_size)
+    padded = next_pow2(groups) * next_pow2(group_size)
     if padded > MAX_PADDED_EXPERTS:
         return False, (f"{groups} groups of {group_size} experts pad to {padded} slots, more than the "
                        f"{MAX_PADDED_EXPERTS} a program row holds")
@@ -177,19 +202,19 @@ def _fused_route_impl(router_logits: torch.Tensor, top_k: int, scoring: str, ren
             raise ValueError(f"correction_bias is on {correction_bias.device}, router_logits on {router_logits.device}")
         correction_bias = correction_bias.contiguous()
     groups, group_size = _group_layout(num_experts, Scoring(scoring), num_groups)
-    block_g, block_gs = triton.next_power_of_2(groups), triton.next_power_of_2(group_size)
+    block_g, block_gs = next_pow2(groups), next_pow2(group_size)
     tile = block_g * block_gs
-    rows = max(1, min(triton.next_power_of_2(tokens), (_INTERPRETER_TILE if interpreting() else _GPU_TILE) // tile))
-    _fused_route_kernel[(triton.cdiv(tokens, rows),)](
-        router_logits, correction_bias if correction_bias is not None else router_logits, weights, ids,
-        tokens, router_logits.stride(0), router_logits.stride(1), float(routed_scaling_factor),
-        TOP_K=top_k, SCORING=_SCORING_CODE[scoring], RENORMALIZE=bool(renormalize),
-        HAS_BIAS=correction_bias is not None,
-        NUM_GROUPS=groups, GROUP_SIZE=group_size, TOPK_GROUPS=topk_groups if groups > 1 else 1,
-        TOP2_SUM=correction_bias is not None and group_size >= 2,
-        ROWS=rows, BLOCK_G=block_g, BLOCK_GS=block_gs, BLOCK_K=triton.next_power_of_2(top_k),
-        num_warps=min(8, max(1, rows * tile // 256)),
-    )
+    rows = max(1, min(next_pow2(tokens), (_INTERPRETER_TILE if interpreting() else _GPU_TILE) // tile))
+    launch(_fused_route_kernel, (-(-tokens // rows),),
+           (router_logits, correction_bias if correction_bias is not None else router_logits, weights, ids,
+            tokens, router_logits.stride(0), router_logits.stride(1), float(routed_scaling_factor)),
+           dict(TOP_K=top_k, SCORING=_SCORING_CODE[scoring], RENORMALIZE=bool(renormalize),
+                HAS_BIAS=correction_bias is not None,
+                NUM_GROUPS=groups, GROUP_SIZE=group_size, TOPK_GROUPS=topk_groups if groups > 1 else 1,
+                TOP2_SUM=correction_bias is not None and group_size >= 2,
+                ROWS=rows, BLOCK_G=block_g, BLOCK_GS=block_gs, BLOCK_K=next_pow2(top_k),
+                PRECISE=not interpreting()),
+           num_warps=min(8, max(1, rows * tile // 256)), num_stages=3)
     return weights, ids
 
 

@@ -55,11 +55,12 @@ class TableKey:
     gated: bool = True
 
     def file_name(self) -> str:
+        # Letters, digits, '_', '-' and '.' only: the name travels through any file system or tool.
         device = re.sub(r"[^A-Za-z0-9]+", "_", self.device).strip("_")
         dtype = str(self.dtype).removeprefix("torch.")
-        gate = "" if self.gated else ",nogate"
-        return (f"E={self.num_experts},k={self.top_k},H={self.hidden_size},I={self.intermediate_size},"
-                f"dtype={dtype}{gate},device={device}.json")
+        gate = "" if self.gated else "-nogate"
+        return (f"E{self.num_experts}-k{self.top_k}-H{self.hidden_size}-I{self.intermediate_size}-"
+                f"{dtype}{gate}-{device}.json")
 
 
 def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
