@@ -7,7 +7,7 @@ import torch
 
 import moekit
 from moekit.activations import GateUpLayout, parse_activation
-from moekit.experts import ExpertWeights, ReferenceExperts, TorchGroupedMMExperts
+from moekit.experts import ExpertWeights, ReferenceExperts, TorchGroupedMMExperts, TritonExperts
 from tolerance import assert_close_to_reference
 
 SHAPES = {
@@ -33,7 +33,7 @@ def make(shape_name, tokens):
 
 @pytest.mark.parametrize("tokens", [1, 64, 1024])
 @pytest.mark.parametrize("shape_name", list(SHAPES))
-@pytest.mark.parametrize("backend", [ReferenceExperts, TorchGroupedMMExperts])
+@pytest.mark.parametrize("backend", [ReferenceExperts, TorchGroupedMMExperts, TritonExperts])
 def test_backend_matches_spec(backend, shape_name, tokens):
     x, weights, w, ids, act, layout = make(shape_name, tokens)
     out = backend().apply(x, w, ids, weights, act, layout).to(x.dtype)
@@ -42,9 +42,9 @@ def test_backend_matches_spec(backend, shape_name, tokens):
     assert_close_to_reference(out, ref, torch.bfloat16)
 
 
-def test_layer_on_cuda_chooses_grouped_mm_and_matches_spec():
+def test_layer_on_cuda_chooses_triton_and_matches_spec():
     layer = moekit.MoE(128, 8, 2048, 768, dtype=torch.bfloat16, device="cuda", shared_intermediate_size=768)
-    assert layer.explain().backend == "torch-grouped-mm", str(layer.explain())
+    assert layer.explain().backend == "triton", str(layer.explain())
     x = torch.randn(4, 33, 2048, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         out = layer(x)

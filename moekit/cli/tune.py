@@ -86,7 +86,8 @@ def _shapes(args):
     for name in args.preset:
         p = PRESETS[name]
         shapes.append((name, TuneShape(p.num_experts, p.top_k, p.hidden_size, p.intermediate_size, dtype,
-                                       parse_activation(p.activation), GateUpLayout(p.gate_up_layout), p.expert_bias)))
+                                       parse_activation(p.activation), GateUpLayout(p.gate_up_layout), p.expert_bias,
+                                       p.routing)))
     return shapes
 
 

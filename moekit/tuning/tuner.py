@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from moekit.activations import Activation, GateUpLayout
+from moekit.routing import RoutingConfig, route_with_config
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
 from moekit.tuning.search_space import block_m_candidates, gemm_candidates
 
@@ -32,6 +33,7 @@ class TuneShape:
     activation: Activation
     gate_up_layout: GateUpLayout = GateUpLayout.CONCATENATED
     bias: bool = False
+    routing: RoutingConfig | None = None  # the model's routing (None: uniform random top-k)
 
 
 @dataclass
@@ -56,11 +58,17 @@ class _Problem:
         self.b2 = (0.1 * torch.randn(E, H, device=device)).to(shape.dtype) if shape.bias else None
 
     def batch(self, tokens: int):
-        s = self.shape
-        x = torch.randn(tokens, s.hidden_size, device=self.w2.device).to(s.dtype)
-        scores = torch.rand(tokens, s.num_experts, device=self.w2.device)
-        weights, ids = scores.topk(s.top_k, dim=-1)
-        return x, weights.float().contiguous(), ids.to(torch.int32).contiguous()
+        """Tokens routed as the model routes them, so expert loads are as skewed as they would be
+        (grouped top-k with a correction bias concentrates tokens on fewer experts)."""
+        s, device = self.shape, self.w2.device
+        x = torch.randn(tokens, s.hidden_size, device=device).to(s.dtype)
+        logits = torch.randn(tokens, s.num_experts, device=device)
+        if s.routing is None:
+            weights, ids = logits.topk(s.top_k, dim=-1)
+            return x, weights.float().softmax(-1).contiguous(), ids.to(torch.int32).contiguous()
+        # A trained model's correction bias is far from zero (the bench draws it the same way).
+        bias = 0.1 * torch.randn(s.num_experts, device=device) if s.routing.correction_bias else None
+        return (x, *route_with_config(logits, s.top_k, s.routing, bias))
 
 
 def tune_shape(shape: TuneShape, buckets=DEFAULT_BUCKETS, device: str = "cuda",
