@@ -54,14 +54,18 @@ class TritonExperts(ExpertsBackend):
         from moekit.triton_ops.tile_configs import TableKey, tiles_for
 
         if tiles is None:
-            key = TableKey(_device_name(x.device), weights.w2.shape[0], topk_ids.shape[1], x.shape[1],
-                           weights.w2.shape[2], x.dtype, activation.gated)
-            tiles, _ = tiles_for(key, x.shape[0])
+            shape = (x.device, weights.w2.shape, topk_ids.shape, x.dtype, activation.gated)
+            tiles = _TILES.get(shape)
+            if tiles is None:
+                key = TableKey(_device_name(x.device), weights.w2.shape[0], topk_ids.shape[1], x.shape[1],
+                               weights.w2.shape[2], x.dtype, activation.gated)
+                tiles = _TILES[shape] = tiles_for(key, x.shape[0])[0]
         return fused_experts(x, weights.w13, weights.w2, topk_weights, topk_ids, activation, gate_up_layout,
                              tiles, weights.w13_bias, weights.w2_bias)
 
 
 _DEVICE_NAMES: dict[torch.device, str] = {}
+_TILES: dict[tuple, object] = {}  # (device, w2 shape, ids shape, dtype, gated) -> tiles: one lookup per shape
 
 
 def _device_name(device: torch.device) -> str:

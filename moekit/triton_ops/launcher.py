@@ -24,8 +24,9 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, num_war
     global _fast_path_ok
     if not args[0].is_cuda:  # the interpreter
         return kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
-    device = args[0].device.index if args[0].device.index is not None else torch.cuda.current_device()
-    key = (kernel, device, num_warps, num_stages, *constexprs.values(), *map(_specialization, args))
+    device = args[0].device.index
+    key = (kernel, device, num_warps, num_stages, *constexprs.values(), *[
+        (a.dtype, not a.data_ptr() & 15) if type(a) is torch.Tensor else _int_or_other(a) for a in args])
     compiled = _cache.get(key) if _fast_path_ok else None
     if compiled is not None:
         try:
@@ -51,15 +52,10 @@ def _run(compiled, grid, device, args, constexprs):
     return compiled
 
 
-def _specialization(arg):
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, bool):
-        return "b", arg
-    if isinstance(arg, int):
-        return "i", arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, arg < 2**63
-    if arg is None:
-        return None
+def _int_or_other(arg):
+    """What Triton specializes an integer on (== 1, divisible by 16, its width); other scalars by type."""
+    if type(arg) is int:
+        return arg == 1, not arg & 15, -(2**31) <= arg < 2**31, arg < 2**63
     return type(arg)
 
 
