@@ -1,2 +1,3 @@
 """The ``moekit`` command line: ``run`` (time a model's MoE layer and check it against the float64
-spec), ``explain`` (the backend chosen and why) and ``info`` (versions, devices, backends)."""
+spec), ``explain`` (the backend chosen and why), ``info`` (versions, devices, backends), and on a
+GPU ``bench`` (speed against the roofline floor and baselines) and ``tune`` (tile tables)."""
