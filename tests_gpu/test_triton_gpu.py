@@ -76,6 +76,24 @@ def test_real_shapes_match_fp32_reference(name, tokens):
     assert rel <= 1e-2, rel
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_tma_weight_tiles_match_fp32_reference(name):
+    import dataclasses
+
+    w13, w2, b13, b2, act, layout = weights(name)
+    E, k, H = w13.shape[0], SHAPES[name][1], w13.shape[2]
+    x = torch.randn(3000, H, device="cuda", dtype=torch.bfloat16)
+    topk_weights, topk_ids = moekit.route(torch.randn(3000, E, device="cuda"), k)
+    tiles, _ = tiles_for(TableKey(torch.cuda.get_device_name(), E, k, H, w2.shape[2], torch.bfloat16, True), 4096)
+    tiles = dataclasses.replace(tiles, block_m=128, gemm1=dataclasses.replace(tiles.gemm1, block_k=64, tma=True),
+                                gemm2=dataclasses.replace(tiles.gemm2, block_k=64, tma=True))
+    out = fused_experts(x, w13, w2, topk_weights, topk_ids, act, layout, tiles, b13, b2,
+                        out=torch.full_like(x, float("nan")))
+    assert torch.isfinite(out).all()
+    rel = relative_error(out, reference_fp32(x, w13, w2, b13, b2, topk_weights, topk_ids, act, layout).double())
+    assert rel <= 1e-2, rel
+
+
 def test_out_of_range_ids_contribute_nothing_on_gpu():
     w13, w2, b13, b2, act, layout = weights("qwen3-30b-a3b")
     x = torch.randn(300, 2048, device="cuda", dtype=torch.bfloat16)

@@ -51,13 +51,26 @@ def _activate(gate, up, alpha, limit, ACT: tl.constexpr):
 
 
 @triton.jit
+def _weight_tile(ptrs, desc, row, k, k_ok, col_ok, USE_TMA: tl.constexpr, EVEN_K: tl.constexpr):
+    """A [BLOCK_K, BLOCK_N] tile of an expert's weight rows: by the tensor-memory accelerator from a
+    [E*N, K] descriptor (rows past the tile's end are masked at the store; zeros past K), or by
+    pointers."""
+    if USE_TMA:
+        return tl.trans(desc.load([row, k]))
+    elif EVEN_K:
+        return tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        return tl.load(ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _gemm1_activation(
-    x_ptr, w_ptr, bias_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
+    x_ptr, w_ptr, w_desc, bias_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
     num_pairs, top_k, K, I, NUM_BLOCKS_M,
     stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
     alpha, limit,
     ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
@@ -81,20 +94,20 @@ def _gemm1_activation(
     u_ptrs = w_base + up_rows[None, :] * stride_wn
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Descriptor rows (TMA, concatenated layout only): the expert's gate tile, then its up tile.
+    gate_row = (expert * (stride_we // stride_wn) + pid_n * BLOCK_N).to(tl.int32)
+    k_ok = ks < K
     for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if not EVEN_K:
+            k_ok = ks < K - k * BLOCK_K
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            g = tl.load(g_ptrs, mask=col_ok[None, :], other=0.0)
         else:
-            k_ok = ks < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            g = tl.load(g_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        g = _weight_tile(g_ptrs, w_desc, gate_row, k * BLOCK_K, k_ok, col_ok, USE_TMA, EVEN_K)
         acc_g = tl.dot(a, g, acc_g, input_precision=DOT_PRECISION)
         if GATED:
-            if EVEN_K:
-                u = tl.load(u_ptrs, mask=col_ok[None, :], other=0.0)
-            else:
-                u = tl.load(u_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            u = _weight_tile(u_ptrs, w_desc, gate_row + I, k * BLOCK_K, k_ok, col_ok, USE_TMA, EVEN_K)
             acc_u = tl.dot(a, u, acc_u, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K * stride_xk
         g_ptrs += BLOCK_K * stride_wk
@@ -111,10 +124,10 @@ def _gemm1_activation(
 
 @triton.jit
 def _gemm2_weighted(
-    a_ptr, w_ptr, bias_ptr, weight_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
+    a_ptr, w_ptr, w_desc, bias_ptr, weight_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
     num_pairs, N, K, NUM_BLOCKS_M,
     stride_am, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -131,14 +144,15 @@ def _gemm2_weighted(
     a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :]
     w_ptrs = w_ptr + expert * stride_we + cols[None, :] * stride_wn + ks[:, None] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    w_row = (expert * (stride_we // stride_wn) + pid_n * BLOCK_N).to(tl.int32)
+    k_ok = ks < K
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptrs)
-            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
         else:
             k_ok = ks < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        w = _weight_tile(w_ptrs, w_desc, w_row, k * BLOCK_K, k_ok, col_ok, USE_TMA, EVEN_K)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
@@ -203,15 +217,16 @@ def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation
     if activated is None:
         activated = torch.empty(rows, inter, dtype=x.dtype, device=x.device)
     bias = w13_bias if w13_bias is not None else w13  # any pointer: never read without HAS_BIAS
+    desc = _weight_descriptor(w13, g) if gate_up_layout is GateUpLayout.CONCATENATED else None
     LAST_COMPILED["gemm1"] = launch(
         _gemm1_activation, (rows // block_m * cdiv(inter, g.block_n),),
-        (x, w13, bias, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+        (x, w13, desc if desc is not None else w13, bias, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
          x.shape[0] * top_k, top_k, hidden, inter, rows // block_m,
          x.stride(0), x.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
          bias.stride(0), bias.stride(-1), activated.stride(0), activation.alpha, activation.limit),
         dict(ACT=ACT_CODE[activation.kind], GATED=activation.gated,
              INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
-             EVEN_K=hidden % g.block_k == 0, DOT_PRECISION=_precision(x.dtype),
+             EVEN_K=hidden % g.block_k == 0, DOT_PRECISION=_precision(x.dtype), USE_TMA=desc is not None,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
         g.num_warps, g.num_stages)
     return activated
@@ -222,14 +237,15 @@ def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, ou
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
     hidden, inter = w2.shape[1], w2.shape[2]
     bias = w2_bias if w2_bias is not None else w2
+    desc = _weight_descriptor(w2, g)
     LAST_COMPILED["gemm2"] = launch(
         _gemm2_weighted, (rows // block_m * cdiv(hidden, g.block_n),),
-        (activated, w2, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs, aligned.block_expert,
+        (activated, w2, desc if desc is not None else w2, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs, aligned.block_expert,
          aligned.num_rows, topk_weights.numel(), hidden, inter, rows // block_m,
          activated.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), bias.stride(0), bias.stride(-1),
          out_rows.stride(0)),
         dict(HAS_BIAS=w2_bias is not None, EVEN_K=inter % g.block_k == 0, DOT_PRECISION=_precision(activated.dtype),
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
+             USE_TMA=desc is not None, BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
         g.num_warps, g.num_stages)
     return out_rows
 
@@ -241,6 +257,19 @@ def launch_sum(pair_rows, topk_ids, num_experts: int, out):
            (pair_rows, topk_ids, out, hidden, num_experts, topk_ids.shape[1]),
            dict(BLOCK_TOPK=next_pow2(topk_ids.shape[1]), BLOCK_H=block_h), 4, 3)
     return out
+
+
+def _weight_descriptor(w: torch.Tensor, g: GemmTiles):
+    """A TMA descriptor of expert weights [E, N, K] seen as [E*N, K], when the tiles ask for TMA and
+    the tensor allows it (contiguous rows, 16-byte aligned base and row stride, boxes <= 256);
+    otherwise None: the kernel loads by pointers, with the same result."""
+    if not g.tma or g.block_n > 256 or g.block_k > 256 or w.stride(2) != 1 or w.stride(0) != w.shape[1] * w.stride(1):
+        return None
+    if w.data_ptr() % 16 or (w.stride(1) * w.element_size()) % 16:
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(w, [w.shape[0] * w.shape[1], w.shape[2]], [w.stride(1), 1], [g.block_n, g.block_k])
 
 
 def _precision(dtype: torch.dtype) -> str:

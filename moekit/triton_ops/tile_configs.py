@@ -28,6 +28,7 @@ class GemmTiles:
     group_m: int = 1  # programs of one N tile walk this many M blocks first (L2 reuse of weights)
     num_warps: int = 4
     num_stages: int = 3
+    tma: bool = False  # weight tiles by the tensor-memory accelerator (Hopper) where the tensor allows
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ def block_m_candidates(num_tokens: int, top_k: int, num_experts: int) -> list[in
 def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2) -> list[GemmTiles]:
     """gemm1 (gated: two weight tiles per step) or gemm2 tiles for a row block."""
     if block_m <= 32:  # decode: stream weights, deep pipelines, N narrow enough to fill every SM
-        space = itertools.product([16, 32, 64], [128, 256, 512], [1], [4], [3, 4, 5])
+        space = itertools.product([16, 32, 64], [128, 256, 512], [1], [2, 4], [4, 6], [False])
     elif block_m == 64:
-        space = itertools.product([64, 128], [64, 128], [8], [4, 8], [3, 4])
-    else:  # prefill: compute bound, big tiles
-        space = itertools.product([64, 128, 256], [64, 128], [8], [4, 8], [3, 4])
-    tiles = [GemmTiles(n, k, g, w, s) for n, k, g, w, s in space]
+        space = itertools.product([64, 128], [64, 128], [8], [4, 8], [3, 4], [False, True])
+    else:  # prefill: compute bound, big tiles; weights by TMA or by pointers
+        space = itertools.product([64, 128, 256], [64, 128], [8], [4, 8], [3, 4], [False, True])
+    tiles = [GemmTiles(*values) for values in space]
     b_tiles = 2 if gated else 1
     fits = [t for t in tiles
             if t.num_stages * (block_m * t.block_k + b_tiles * t.block_k * t.block_n) * elem_bytes
