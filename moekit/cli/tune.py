@@ -93,18 +93,20 @@ def _shapes(args):
 
 def _table(name, results) -> Table:
     table = Table(title=f"{name}: best tiles per bucket", title_justify="left")
-    for col in ("tokens", "block_m", "gemm1 (n,k,warps,stages)", "µs", "regs/spills", "gemm2 (n,k,warps,stages)",
+    for col in ("tokens", "block_m", "gemm1 n,k,warps,stages", "µs", "regs/spills", "gemm2 n,k,warps,stages",
                 "µs", "regs/spills"):
         table.add_column(col, justify="right")
     for r in results:
         g1, g2 = r.tiles.gemm1, r.tiles.gemm2
         rep1, rep2 = r.report.get("gemm1", {}), r.report.get("gemm2", {})
-        table.add_row(str(r.tokens), str(r.tiles.block_m),
-                      f"{g1.block_n},{g1.block_k},{g1.num_warps},{g1.num_stages}", f"{r.gemm1_us:.1f}",
-                      f"{rep1.get('n_regs')}/{rep1.get('n_spills')}",
-                      f"{g2.block_n},{g2.block_k},{g2.num_warps},{g2.num_stages}", f"{r.gemm2_us:.1f}",
+        table.add_row(str(r.tokens), str(r.tiles.block_m), _tiles(g1), f"{r.gemm1_us:.1f}",
+                      f"{rep1.get('n_regs')}/{rep1.get('n_spills')}", _tiles(g2), f"{r.gemm2_us:.1f}",
                       f"{rep2.get('n_regs')}/{rep2.get('n_spills')}")
     return table
+
+
+def _tiles(g) -> str:
+    return f"{g.block_n},{g.block_k},{g.num_warps},{g.num_stages}" + (",tma" if g.tma else "")
 
 
 def _triton_version() -> str:
