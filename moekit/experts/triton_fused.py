@@ -51,24 +51,10 @@ class TritonExperts(ExpertsBackend):
 
     def apply(self, x, topk_weights, topk_ids, weights: ExpertWeights, activation, gate_up_layout, tiles=None):
         from moekit.triton_ops.experts_kernels import fused_experts
-        from moekit.triton_ops.tile_configs import TableKey, tiles_for
+        from moekit.triton_ops.tile_configs import tiles_for_call
 
         if tiles is None:
-            shape = (x.device, weights.w2.shape, topk_ids.shape, x.dtype, activation.gated)
-            tiles = _TILES.get(shape)
-            if tiles is None:
-                key = TableKey(_device_name(x.device), weights.w2.shape[0], topk_ids.shape[1], x.shape[1],
-                               weights.w2.shape[2], x.dtype, activation.gated)
-                tiles = _TILES[shape] = tiles_for(key, x.shape[0])[0]
+            tiles = tiles_for_call(x.device, weights.w2.shape, topk_ids.shape, x.dtype, activation.gated)
         return fused_experts(x, weights.w13, weights.w2, topk_weights, topk_ids, activation, gate_up_layout,
                              tiles, weights.w13_bias, weights.w2_bias)
 
-
-_DEVICE_NAMES: dict[torch.device, str] = {}
-_TILES: dict[tuple, object] = {}  # (device, w2 shape, ids shape, dtype, gated) -> tiles: one lookup per shape
-
-
-def _device_name(device: torch.device) -> str:
-    if device not in _DEVICE_NAMES:
-        _DEVICE_NAMES[device] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return _DEVICE_NAMES[device]

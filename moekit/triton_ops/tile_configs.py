@@ -73,6 +73,20 @@ def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
     return default_tiles(key, num_tokens), "default heuristic"
 
 
+def tiles_for_call(device: torch.device, w2_shape, ids_shape, dtype: torch.dtype, gated: bool) -> ExpertsTiles:
+    """``tiles_for`` from a call's shapes, looked up once per shape (a dict hit on later calls)."""
+    shape = (device, tuple(w2_shape), tuple(ids_shape), dtype, gated)
+    tiles = _CALL_TILES.get(shape)
+    if tiles is None:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        key = TableKey(name, w2_shape[0], ids_shape[1], w2_shape[1], w2_shape[2], dtype, gated)
+        tiles = _CALL_TILES[shape] = tiles_for(key, ids_shape[0])[0]
+    return tiles
+
+
+_CALL_TILES: dict[tuple, ExpertsTiles] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def load_table(key: TableKey) -> dict[int, ExpertsTiles]:
     path = CONFIG_DIR / key.file_name()
@@ -88,6 +102,7 @@ def write_table(key: TableKey, buckets: dict[int, ExpertsTiles], meta: dict, dir
     payload = {"meta": meta, "buckets": {str(t): cfg.to_json() for t, cfg in sorted(buckets.items())}}
     path.write_text(json.dumps(payload, indent=1) + "\n")
     load_table.cache_clear()
+    _CALL_TILES.clear()
     return path
 
 

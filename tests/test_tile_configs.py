@@ -1,0 +1,58 @@
+"""Tile tables: shipped files parse, the nearest bucket wins (log scale), a table round-trips through
+JSON, and shapes without a table get the default heuristic."""
+
+import json
+
+import pytest
+import torch
+
+from moekit.triton_ops import tile_configs as tc
+from moekit.tuning.search_space import SHARED_MEMORY_BYTES, block_m_candidates, gemm_candidates
+
+SHIPPED_SHAPES = [(8, 2, 4096, 14336), (128, 8, 2048, 768), (256, 8, 7168, 2048), (128, 4, 2880, 2880),
+                  (128, 8, 4096, 1536), (64, 8, 2048, 1024), (32, 4, 2880, 2880)]
+
+
+@pytest.mark.parametrize("device", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+@pytest.mark.parametrize("shape", SHIPPED_SHAPES)
+def test_shipped_tables_cover_the_benchmark_buckets(shape, device):
+    key = tc.TableKey(device, *shape, torch.bfloat16)
+    table = tc.load_table(key)
+    assert sorted(table) == [1, 8, 64, 256, 1024, 4096, 16384], key.file_name()
+    for tiles in table.values():
+        assert tiles.block_m in (16, 32, 64, 128)
+        meta = json.loads((tc.CONFIG_DIR / key.file_name()).read_text())["meta"]
+        assert meta["device"] == device
+
+
+def test_nearest_bucket_in_log_scale(tmp_path, monkeypatch):
+    monkeypatch.setattr(tc, "CONFIG_DIR", tmp_path)
+    tc.load_table.cache_clear()
+    key = tc.TableKey("Some GPU", 16, 2, 64, 32, torch.bfloat16)
+    small = tc.ExpertsTiles(16, tc.GemmTiles(32, 128), tc.GemmTiles(64, 128))
+    large = tc.ExpertsTiles(128, tc.GemmTiles(128, 64, 8, 8, 4, tma=True), tc.GemmTiles(256, 64, 8, 8, 3))
+    path = tc.write_table(key, {1: small, 1024: large}, {"device": "Some GPU"}, tmp_path)
+    assert path.name == "E16-k2-H64-I32-bfloat16-Some_GPU.json"
+    assert tc.tiles_for(key, 1) == (small, f"tuned {path.name} bucket 1")
+    assert tc.tiles_for(key, 31)[0] == small  # log2: 31 is nearer 1 than 1024
+    assert tc.tiles_for(key, 33)[0] == large
+    assert tc.tiles_for(key, 10**6)[0] == large
+    tc.load_table.cache_clear()
+
+
+def test_default_heuristic_without_a_table():
+    key = tc.TableKey("No Such GPU", 128, 8, 2048, 768, torch.bfloat16)
+    decode, source = tc.tiles_for(key, 1)
+    assert source == "default heuristic" and decode.block_m == 16
+    assert tc.tiles_for(key, 16384)[0].block_m == 128  # prefill: big row blocks
+
+
+@pytest.mark.parametrize("tokens", [1, 64, 1024, 16384])
+@pytest.mark.parametrize("gated", [True, False])
+def test_search_space_fits_shared_memory(tokens, gated):
+    for block_m in block_m_candidates(tokens, 8, 128):
+        candidates = gemm_candidates(block_m, gated)
+        assert candidates
+        for t in candidates:
+            b_tiles = 2 if gated else 1
+            assert t.num_stages * (block_m * t.block_k + b_tiles * t.block_k * t.block_n) * 2 <= SHARED_MEMORY_BYTES
