@@ -33,6 +33,7 @@ _SCORING_CODE = {"softmax": 0, "sigmoid": 1, "topk_softmax": 2, "topk_sigmoid": 
 # and leaves many programs for large batches (to be tuned on the device); the interpreter runs one
 # program at a time in numpy, so there fewer, larger programs are much faster.
 _GPU_TILE = 1024
+_ONE_ROW_MAX_TOKENS = 256  # up to here a program per row fits in one wave of the GPU
 _INTERPRETER_TILE = 1 << 20  # triton's largest tensor
 
 
@@ -204,7 +205,14 @@ def _fused_route_impl(router_logits: torch.Tensor, top_k: int, scoring: str, ren
     groups, group_size = _group_layout(num_experts, Scoring(scoring), num_groups)
     block_g, block_gs = next_pow2(groups), next_pow2(group_size)
     tile = block_g * block_gs
-    rows = max(1, min(next_pow2(tokens), (_INTERPRETER_TILE if interpreting() else _GPU_TILE) // tile))
+    if interpreting():
+        rows = max(1, min(next_pow2(tokens), _INTERPRETER_TILE // tile))
+    elif tokens <= _ONE_ROW_MAX_TOKENS:
+        # Decode: one row per program, so the k rounds of argmax run on every row at once (more
+        # programs, each a short chain of in-warp reductions) instead of one after another per tile.
+        rows = 1
+    else:
+        rows = max(1, min(next_pow2(tokens), _GPU_TILE // tile))
     launch(_fused_route_kernel, (-(-tokens // rows),),
            (router_logits, correction_bias if correction_bias is not None else router_logits, weights, ids,
             tokens, router_logits.stride(0), router_logits.stride(1), float(routed_scaling_factor)),
