@@ -34,6 +34,16 @@ def make_inputs(tokens, experts, top_k, hidden, inter, dtype=torch.float32, *, g
     return MoEInputs(x, w13, w2, topk_weights, topk_ids, b13, b2)
 
 
+def interleave_gate_up(inp: MoEInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """w13 and its bias with gate/up rows interleaved (gpt-oss checkpoint layout): same math."""
+    gate, up = inp.w13.chunk(2, dim=1)
+    w13 = torch.stack([gate, up], dim=2).reshape_as(inp.w13)
+    if inp.w13_bias is None:
+        return w13, None
+    b_gate, b_up = inp.w13_bias.chunk(2, dim=1)
+    return w13, torch.stack([b_gate, b_up], dim=2).reshape_as(inp.w13_bias)
+
+
 def spec_of(inp: MoEInputs, activation="silu", **kwargs) -> torch.Tensor:
     return moekit.fused_moe_spec(inp.x, inp.w13, inp.w2, inp.topk_weights, inp.topk_ids, activation,
                                  inp.w13_bias, inp.w2_bias, **kwargs)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import moekit
-from moe_inputs import make_inputs, run_fused, spec_of
+from moe_inputs import interleave_gate_up, make_inputs, run_fused, spec_of
 from tolerance import assert_close_to_reference
 
 GRID = [
@@ -37,11 +37,7 @@ def test_activations_and_biases(activation, bias):
 
 def test_swigluoai_interleaved_matches_concatenated():
     inp = make_inputs(20, 4, 2, 16, 10, bias=True)
-    # Interleave gate/up rows (gpt-oss checkpoint layout): same math, other storage.
-    gate, up = inp.w13.chunk(2, dim=1)
-    w13_il = torch.stack([gate, up], dim=2).reshape_as(inp.w13)
-    b_gate, b_up = inp.w13_bias.chunk(2, dim=1)
-    b13_il = torch.stack([b_gate, b_up], dim=2).reshape_as(inp.w13_bias)
+    w13_il, b13_il = interleave_gate_up(inp)  # gpt-oss checkpoint layout: same math, other storage
     out = moekit.fused_moe(inp.x, w13_il, inp.w2, inp.topk_weights, inp.topk_ids, "swigluoai", b13_il,
                            inp.w2_bias, gate_up_layout="interleaved")
     assert_close_to_reference(out, spec_of(inp, "swigluoai"), torch.float32)

@@ -9,7 +9,7 @@ from moekit.activations import GateUpLayout, parse_activation
 from moekit.experts import TritonExperts
 from moekit.triton_ops.experts_kernels import fused_experts
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
-from moe_inputs import make_inputs, run_fused, spec_of
+from moe_inputs import interleave_gate_up, make_inputs, run_fused, spec_of
 from tolerance import assert_close_to_reference
 
 GRID = [
@@ -55,10 +55,7 @@ def test_tma_tiles_across_layouts_and_activations():
 
 def test_interleaved_gate_up():
     inp = make_inputs(20, 4, 2, 16, 10, bias=True)
-    gate, up = inp.w13.chunk(2, dim=1)
-    w13_il = torch.stack([gate, up], dim=2).reshape_as(inp.w13)
-    b_gate, b_up = inp.w13_bias.chunk(2, dim=1)
-    b13_il = torch.stack([b_gate, b_up], dim=2).reshape_as(inp.w13_bias)
+    w13_il, b13_il = interleave_gate_up(inp)
     out = moekit.fused_moe(inp.x, w13_il, inp.w2, inp.topk_weights, inp.topk_ids, "swigluoai", b13_il,
                            inp.w2_bias, gate_up_layout="interleaved", backend="triton")
     assert_close_to_reference(out, spec_of(inp, "swigluoai"), torch.float32)

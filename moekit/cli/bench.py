@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.text import Text
 
 from moekit.bench.plot import plot_results
 from moekit.bench.report import render, write_json
 from moekit.bench.runner import BenchConfig, run_bench
-from moekit.cli.common import DTYPES, CliError
+from moekit.cli.common import DTYPES, CliError, progress_bar
 from moekit.cli.presets import PRESETS
 
 DEFAULT_PRESETS = ("mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-120b")
@@ -63,7 +63,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     tokens = tuple(sorted({t for group in (args.tokens or [DEFAULT_TOKENS]) for t in group}))
     config = BenchConfig(presets=presets, tokens=tokens, dtype=DTYPES[args.dtype], seed=args.seed,
                          command=_command_line(presets, tokens, args))
-    with _progress(console) as bar:
+    with progress_bar(console) as bar:
         results = run_bench(config, device, _ProgressBar(bar, len(presets) * len(tokens), console))
     render(results, console)
     if args.json is not None:
@@ -126,11 +126,6 @@ def _cell_line(shape, cell) -> str:
     return (f"{shape.preset} T={cell.tokens}: moekit {timing}"
             + (f", {pct:.0f}% of floor" if pct is not None else "")
             + f", check {'PASS' if cell.passed else 'FAIL'}")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def _token_list(text: str) -> list[int]:

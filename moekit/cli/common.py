@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +26,12 @@ class CliError(Exception):
 def make_console(stderr: bool = False) -> Console:
     # Error lines stay whole (soft wrap) so they can be grepped.
     return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The commands' progress bar; off (no output) when the console is not a terminal."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def add_layer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 import moekit
 from moekit.tolerance import REL_TOL, relative_error
-from moekit.cli.common import add_layer_arguments, build_and_show, dtype_name
+from moekit.cli.common import add_layer_arguments, build_and_show, dtype_name, progress_bar
 
 DEFAULT_TOKENS = {"cpu": 256, "cuda": 1024}
 _CHECK_CHUNKS = 16  # pieces the fp64 check is cut into, for the progress bar
@@ -66,7 +65,7 @@ def time_forward(layer: moekit.MoE, x: torch.Tensor, iters: int, console: Consol
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     warmup = min(3, iters)
     times = []
-    with torch.inference_mode(), _progress(console) as progress:
+    with torch.inference_mode(), progress_bar(console) as progress:
         task = progress.add_task("timing forward", total=warmup + iters)
         for _ in range(warmup):
             out = layer(x)
@@ -84,7 +83,7 @@ def time_forward(layer: moekit.MoE, x: torch.Tensor, iters: int, console: Consol
 def check_against_spec(layer: moekit.MoE, x: torch.Tensor, out: torch.Tensor, console: Console) -> Check:
     ref = torch.empty(x.shape, dtype=torch.float64, device=x.device)
     chunk = max(1, -(-x.shape[0] // _CHECK_CHUNKS))
-    with torch.inference_mode(), _progress(console) as progress:
+    with torch.inference_mode(), progress_bar(console) as progress:
         weights, ids = layer.route(x)
         shared64 = copy.deepcopy(layer.shared_experts).double() if layer.shared_experts is not None else None
         task = progress.add_task("float64 check", total=x.shape[0])
@@ -128,11 +127,6 @@ def results_table(layer: moekit.MoE, tokens: int, times: list[float], check: Che
         table.add_row("tolerance", Text(f"{check.tolerance:g}"))
         table.add_row("check", Text("PASS", style="bold green") if check.passed else Text("FAIL", style="bold red"))
     return table
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def _positive_int(text: str) -> int:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from moekit.activations import GateUpLayout, parse_activation
-from moekit.cli.common import DTYPES, CliError
+from moekit.cli.common import DTYPES, CliError, progress_bar
 from moekit.cli.presets import PRESETS
 
 
@@ -55,7 +54,7 @@ def tune_command(args: argparse.Namespace, console: Console) -> int:
                                                     **r.report} for r in results}}
             return write_table(key, {r.tokens: r.tiles for r in results}, meta, args.out_dir or CONFIG_DIR)
 
-        with Progress(console=console, transient=True) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task(f"tuning {name}", total=len(buckets))
 
             def step(results, name=name, task=task, save=save):

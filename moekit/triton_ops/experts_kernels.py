@@ -36,6 +36,15 @@ def _tile_ids(NUM_BLOCKS_M, num_blocks_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M: tl.constexpr):
+    """The block's expert, its aligned rows, the pair in each row and whether it is real (not padding)."""
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_ptr + rows)
+    return expert, rows, pairs, pairs < num_pairs
+
+
+@triton.jit
 def _activate(gate, up, alpha, limit, ACT: tl.constexpr):
     if ACT == 0:  # silu(gate) * up
         return gate * tl.sigmoid(gate) * up
@@ -76,10 +85,7 @@ def _gemm1_activation(
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_ptr + rows)
-    row_ok = pairs < num_pairs
+    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
@@ -133,10 +139,7 @@ def _gemm2_weighted(
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_ptr + rows)
-    row_ok = pairs < num_pairs
+    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
