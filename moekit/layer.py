@@ -3,13 +3,14 @@ modular kernel, which is composed once (after construction, loading or a move) a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moekit._checks import check_positive_int, check_router_weight_on_input, check_tensor, check_top_k
+from moekit._checks import check_positive_int, check_router_weight_on_input, check_shape, check_tensor, check_top_k
 from moekit.activations import Activation, GateUpLayout, parse_activation
 from moekit.experts.base import ExpertWeights
 from moekit.explain import Explanation
@@ -17,7 +18,7 @@ from moekit.hardware import current_environment, default_device
 from moekit.kernel.build import build_kernel
 from moekit.parallel import ExpertParallel
 from moekit.problem import MoEProblem
-from moekit.quant import parse_quant
+from moekit.quant import QuantizedMatrix, method_for, parse_quant
 from moekit.routing import RoutingConfig, route_with_config
 from moekit.shared_experts import SharedExperts
 
@@ -29,6 +30,12 @@ class MoE(nn.Module):
     ``correction_bias`` [E] (buffer, selection only), ``w13`` [E, 2I, H] (gate rows first, or
     interleaved), ``w2`` [E, H, I], ``w13_bias`` [E, 2I], ``w2_bias`` [E, H], and
     ``shared_experts.{gate_proj,up_proj,down_proj,shared_expert_gate}.weight``.
+
+    With ``quant=`` a scheme, ``w13`` and ``w2`` are buffers of codes in moekit's quantized layout
+    (quant/spec.py) beside ``w13_scale`` / ``w2_scale`` (and ``*_zero``, ``*_g_idx``,
+    ``*_global_scale``, static ``a13_scale`` / ``a2_scale`` where the scheme has them); a new layer
+    holds random weights quantized on the fly. ``set_expert_weights`` quantizes float weights,
+    ``set_quantized_experts`` takes a checkpoint's (see ``moekit.load``).
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class MoE(nn.Module):
         self.gate_up_layout = GateUpLayout(gate_up_layout)
         self.routing = RoutingConfig.parse(routing)
         self.quant = parse_quant(quant)
+        self.quant_method = method_for(self.quant) if self.quant != "none" else None
         self.apply_router_weight_on_input = apply_router_weight_on_input
         self.router_dtype = router_dtype  # None: the router runs in the layer's dtype (DeepSeek-V3: fp32)
         self.backend_request = backend
@@ -79,8 +87,11 @@ class MoE(nn.Module):
         correction = torch.zeros(num_experts, dtype=torch.float32, device=factory["device"])
         self.register_buffer("correction_bias", correction if self.routing.correction_bias else None)
         gemm1_rows = 2 * intermediate_size if self.activation.gated else intermediate_size
-        self.w13 = nn.Parameter(torch.empty(num_experts, gemm1_rows, hidden_size, **factory))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size, **factory))
+        if self.quant_method is None:
+            self.w13 = nn.Parameter(torch.empty(num_experts, gemm1_rows, hidden_size, **factory))
+            self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size, **factory))
+        else:
+            self._register_quantized(gemm1_rows, factory["device"])
         self.w13_bias = nn.Parameter(torch.empty(num_experts, gemm1_rows, **factory)) if expert_bias else None
         self.w2_bias = nn.Parameter(torch.empty(num_experts, hidden_size, **factory)) if expert_bias else None
         self.shared_experts = None
@@ -95,15 +106,93 @@ class MoE(nn.Module):
         self.compose_kernel()
         self._constructed = True
 
+    def _register_quantized(self, gemm1_rows: int, device) -> None:
+        """Empty buffers for the scheme's tensors (filled by reset_parameters or a checkpoint)."""
+        spec, e = self.quant_method.spec, self.num_experts
+        for name, (n, k) in (("w13", (gemm1_rows, self.hidden_size)), ("w2", (self.hidden_size, self.intermediate_size))):
+            self.quant_method.check_divisible(name, n, k)
+            self.register_buffer(name, torch.empty(spec.data_shape(e, n, k), dtype=spec.data_dtype(), device=device))
+            self.register_buffer(f"{name}_scale", torch.empty(spec.scale_shape(e, n, k), dtype=spec.scale_dtype(),
+                                                              device=device))
+            zero_dtype = torch.uint8 if spec.weight.packed else torch.int8
+            self.register_buffer(f"{name}_zero", torch.empty(spec.scale_shape(e, n, k), dtype=zero_dtype, device=device)
+                                 if spec.has_zero else None)
+            self.register_buffer(f"{name}_g_idx", None)
+            self.register_buffer(f"{name}_global_scale", torch.empty(e, device=device)
+                                 if spec.scale_format.value == "e4m3" else None)
+        for name in ("a13_scale", "a2_scale"):
+            self.register_buffer(name, torch.ones((), device=device) if spec.act_static else None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype (and the unquantized weights')."""
+        return self.router.weight.dtype
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random weights scaled like nn.Linear, so a fresh layer gives non-trivial outputs."""
-        for p in (self.router.weight, self.w13):
-            p.normal_(0.0, 1.0 / math.sqrt(self.hidden_size))
-        self.w2.normal_(0.0, 1.0 / math.sqrt(self.intermediate_size))
+        self.router.weight.normal_(0.0, 1.0 / math.sqrt(self.hidden_size))
         for p in (self.router.bias, self.w13_bias, self.w2_bias):
             if p is not None:
                 p.normal_(0.0, 0.02)
+        if self.quant_method is None:
+            self.w13.normal_(0.0, 1.0 / math.sqrt(self.hidden_size))
+            self.w2.normal_(0.0, 1.0 / math.sqrt(self.intermediate_size))
+            return
+        for name, k in (("w13", self.hidden_size), ("w2", self.intermediate_size)):
+            n = getattr(self, name).shape[1]
+            device = self.router.weight.device
+            self._set_quantized(name, self._quantize_by_expert(
+                lambda e: torch.randn(1, n, k, device=device) / math.sqrt(k)))
+
+    def _quantize_by_expert(self, expert_weight) -> QuantizedMatrix:
+        """Quantize ``expert_weight(e)`` ([1, N, K] float) one expert at a time, so memory stays
+        bounded at real shapes, and stack the results."""
+        parts = [self.quant_method.quantize(expert_weight(e)) for e in range(self.num_experts)]
+        return QuantizedMatrix(*(None if getattr(parts[0], f.name) is None else
+                                 torch.cat([getattr(p, f.name) for p in parts])
+                                 for f in dataclasses.fields(QuantizedMatrix)))
+
+    def _set_quantized(self, name: str, m: QuantizedMatrix) -> None:
+        for suffix, t in (("", m.data), ("_scale", m.scale), ("_zero", m.zero), ("_g_idx", m.g_idx),
+                          ("_global_scale", m.global_scale)):
+            setattr(self, name + suffix, t)
+
+    def _quantized(self, name: str) -> QuantizedMatrix:
+        get = lambda suffix: getattr(self, name + suffix)  # noqa: E731
+        return QuantizedMatrix(get(""), get("_scale"), get("_zero"), get("_g_idx"), get("_global_scale"))
+
+    @torch.no_grad()
+    def set_expert_weights(self, w13: torch.Tensor, w2: torch.Tensor) -> None:
+        """Take float expert weights in moekit's layout (w13 [E, 2I, H], w2 [E, H, I]); a quantized
+        layer quantizes them with its scheme, one expert at a time."""
+        check_shape("w13", w13, tuple(self.w13.shape[:2]) + (self.hidden_size,))
+        check_shape("w2", w2, (self.num_experts, self.hidden_size, self.intermediate_size))
+        if self.quant_method is None:
+            self.w13.copy_(w13)
+            self.w2.copy_(w2)
+        else:
+            device = self.w13.device
+            for name, w in (("w13", w13), ("w2", w2)):
+                self._set_quantized(name, self._quantize_by_expert(lambda e: w[e : e + 1].to(device)))
+        self.compose_kernel()
+
+    @torch.no_grad()
+    def set_quantized_experts(self, w13: QuantizedMatrix, w2: QuantizedMatrix,
+                              a13_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None) -> None:
+        """Take expert weights already in this layer's scheme and moekit's quantized layout (what the
+        checkpoint loaders produce). Everything is checked before anything is assigned."""
+        if self.quant_method is None:
+            raise ValueError("set_quantized_experts needs a layer built with quant=<scheme>; this one is unquantized")
+        rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
+        self.quant_method.check("w13", w13, self.num_experts, rows, self.hidden_size)
+        self.quant_method.check("w2", w2, self.num_experts, self.hidden_size, self.intermediate_size)
+        device = self.router.weight.device
+        self._set_quantized("w13", w13.map(lambda t: t.to(device)))
+        self._set_quantized("w2", w2.map(lambda t: t.to(device)))
+        for name, scale in (("a13_scale", a13_scale), ("a2_scale", a2_scale)):
+            setattr(self, name, None if scale is None else scale.to(device=device, dtype=torch.float32).reshape(()))
+        self.compose_kernel()
 
     def problem(self) -> MoEProblem:
         return MoEProblem(
@@ -111,8 +200,8 @@ class MoE(nn.Module):
             top_k=self.top_k,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
-            dtype=self.w13.dtype,
-            device_type=self.w13.device.type,
+            dtype=self.dtype,
+            device_type=self.router.weight.device.type,
             activation=self.activation,
             gate_up_layout=self.gate_up_layout,
             quant=self.quant,
@@ -127,7 +216,15 @@ class MoE(nn.Module):
         over existing tensors composes once they are assigned."""
         if self.w13.is_meta:
             return
-        weights = ExpertWeights(self.w13, self.w2, self.w13_bias, self.w2_bias)
+        if self.quant_method is None:
+            weights = ExpertWeights(self.w13, self.w2, self.w13_bias, self.w2_bias)
+        else:
+            rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
+            w13, w2 = self._quantized("w13"), self._quantized("w2")
+            self.quant_method.check("w13", w13, self.num_experts, rows, self.hidden_size)
+            self.quant_method.check("w2", w2, self.num_experts, self.hidden_size, self.intermediate_size)
+            weights = ExpertWeights(w13, w2, self.w13_bias, self.w2_bias, quant=self.quant_method.spec,
+                                    a13_scale=self.a13_scale, a2_scale=self.a2_scale)
         problem = self.problem()
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request)
         self._explanation = Explanation(problem, selection, self.kernel.describe())
@@ -163,7 +260,7 @@ class MoE(nn.Module):
         return (out, (topk_weights, topk_ids)) if return_routing else out
 
     def _check_input(self, x) -> None:
-        check_tensor("x", x, dtypes=(self.w13.dtype,))
+        check_tensor("x", x, dtypes=(self.dtype,))
         if x.dim() not in (2, 3) or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [T, {self.hidden_size}] or [B, S, {self.hidden_size}], got {tuple(x.shape)}")
         if x.device != self.w13.device:

@@ -178,9 +178,9 @@ def test_layer_unknown_scheme():
         layer(quant="fp3")
 
 
-def test_layer_planned_scheme_not_built():
-    with pytest.raises(NotImplementedError, match="quant scheme 'mxfp4' is planned but not built yet"):
-        layer(quant="mxfp4")
+def test_layer_group_size_must_divide_hidden():
+    with pytest.raises(ValueError, match="w13: group size 32 of scheme 'mxfp4' does not divide its input dimension 16"):
+        layer(quant="mxfp4", hidden_size=16)
 
 
 def test_layer_unsupported_dtype():

@@ -75,8 +75,8 @@ def test_each_capability_refuses_with_its_reason(overrides, env, reason):
 
 
 def test_unsupported_quant_scheme_refused_by_all():
-    with pytest.raises(BackendUnavailableError, match="fast: quant scheme 'fp8-block128' not in {none}"):
-        select_backend(problem(quant="fp8-block128"), GPU_ENV, CANDIDATES)
+    with pytest.raises(BackendUnavailableError, match="fast: quant scheme 'fp3' not in {none}"):
+        select_backend(problem(quant="fp3"), GPU_ENV, CANDIDATES)
 
 
 def test_request_for_lower_priority_backend_is_honoured():
@@ -110,8 +110,8 @@ def test_reference_capabilities_cover_every_activation_and_layout():
 
 def test_unquantized_oracle_priority_ends_with_reference():
     assert moekit.oracle.oracle_for("none").priority[-1] is ReferenceExperts
-    with pytest.raises(NotImplementedError, match="no backend oracle for quant scheme 'mxfp4'"):
-        moekit.oracle.oracle_for("mxfp4")
+    with pytest.raises(NotImplementedError, match="no backend oracle for quant scheme 'fp3'"):
+        moekit.oracle.oracle_for("fp3")
 
 
 def test_unquantized_oracle_picks_triton_on_gpu():

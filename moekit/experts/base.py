@@ -12,16 +12,28 @@ import torch
 from moekit.activations import Activation, ActivationKind, GateUpLayout
 from moekit.hardware import Environment
 from moekit.problem import MoEProblem, ParallelLayout
+from moekit.quant.spec import QuantizedMatrix, QuantSpec
 
 
 @dataclass(frozen=True)
 class ExpertWeights:
-    """Expert weights in a backend's format (for the reference: moekit's logical layout, views allowed)."""
+    """Expert weights in a backend's format (for the reference: moekit's logical layout, views allowed).
 
-    w13: torch.Tensor  # [E, 2I, H] gate rows then up rows (or interleaved); [E, I, H] without a gate
-    w2: torch.Tensor  # [E, H, I]
+    Unquantized, w13 and w2 are float tensors. Quantized, they are ``QuantizedMatrix``es (codes,
+    scales, zero points, g_idx, global scale: quant/spec.py) and ``quant`` is the scheme's config;
+    ``a13_scale`` / ``a2_scale`` are static activation scales where the checkpoint has them."""
+
+    w13: torch.Tensor | QuantizedMatrix  # [E, 2I, H] gate rows then up rows (or interleaved); [E, I, H] ungated
+    w2: torch.Tensor | QuantizedMatrix  # [E, H, I]
     w13_bias: torch.Tensor | None = None  # [E, 2I] (or [E, I])
     w2_bias: torch.Tensor | None = None  # [E, H]
+    quant: QuantSpec | None = None
+    a13_scale: torch.Tensor | None = None  # [] fp32, static scale of gemm1's input (w8a8, per tensor)
+    a2_scale: torch.Tensor | None = None  # [] fp32, static scale of gemm2's input
+
+    @property
+    def num_experts(self) -> int:
+        return (self.w2.data if self.quant is not None else self.w2).shape[0]
 
 
 class ExpertsBackend:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from moekit.experts.base import ExpertsBackend, ExpertWeights
-from moekit.oracle import unquantized
+from moekit.oracle import quantized, unquantized
+from moekit.quant import METHODS
 from moekit.oracle.selection import BackendUnavailableError, Selection, Verdict, select_backend
 
 
@@ -19,6 +20,7 @@ class SchemeOracle:
 
 ORACLES: dict[str, SchemeOracle] = {
     "none": SchemeOracle("none", unquantized.PRIORITY, unquantized.convert_weights),
+    **{scheme: SchemeOracle(scheme, quantized.PRIORITY, quantized.convert_weights) for scheme in METHODS},
 }
 
 

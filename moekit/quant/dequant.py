@@ -1,0 +1,91 @@
+"""Reference (plain PyTorch) dequantization of weights and quantization of activations, for every
+scheme: the definition the Triton kernels are tested against, and the reference backend's path."""
+
+from __future__ import annotations
+
+import torch
+
+from moekit.quant import formats
+from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
+from moekit.quant.spec import WeightFormat
+
+
+def code_values(data: torch.Tensor, weight: WeightFormat) -> torch.Tensor:
+    """The stored codes as float32 values, unpacked to [..., N, K] (before zero point and scale)."""
+    if weight is WeightFormat.FP8:
+        return data.float()
+    if weight is WeightFormat.INT8:
+        return data.float()
+    codes = formats.unpack_nibbles(data)
+    return formats.e2m1_to_float(codes) if weight is WeightFormat.E2M1 else codes.float()
+
+
+def scale_values(scale: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    if spec.scale_format is ScaleFormat.E8M0:
+        return formats.e8m0_to_float(scale)
+    return scale.float()
+
+
+def dequantize(m: QuantizedMatrix, spec: QuantSpec, expert: int | None = None) -> torch.Tensor:
+    """The matrix as float32 [E, N, K], or one expert's [N, K] when ``expert`` is given."""
+    pick = (lambda t: t) if expert is None else (lambda t: t[expert : expert + 1])
+    values = code_values(pick(m.data), spec.weight)  # [e, N, K]
+    n, k = values.shape[-2:]
+    if m.zero is not None:
+        values = values - _expand(pick(m.zero).float(), spec, n, k, m.g_idx, pick)
+    elif spec.weight is WeightFormat.UINT4:
+        values = values - formats.UINT4_MIDPOINT
+    w = values * _expand(scale_values(pick(m.scale), spec), spec, n, k, m.g_idx, pick)
+    if m.global_scale is not None:
+        w = w * pick(m.global_scale).float()[:, None, None]
+    return w if expert is None else w[0]
+
+
+def _expand(per_block: torch.Tensor, spec: QuantSpec, n: int, k: int, g_idx, pick) -> torch.Tensor:
+    """[e, N/gn, K/gk] block values -> [e, N, K]: each element takes its block's value."""
+    gn, gk = spec.group_n or n, spec.group_k or k
+    rows = per_block.repeat_interleave(gn, dim=1)[:, :n]
+    if g_idx is not None:  # act-order: column k belongs to group g_idx[k]
+        idx = pick(g_idx).long()[:, None, :].expand(-1, n, -1)
+        return torch.gather(rows, 2, idx)
+    return rows.repeat_interleave(gk, dim=2)[:, :, :k]
+
+
+def quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor | None = None):
+    """x [T, K] -> (codes [T, K] fp8/int8, scales fp32 [T, K/group] or [T, 1] or [1, 1]).
+
+    Dynamic scales make each group's absolute maximum the format's largest value; a static scale
+    (from the checkpoint) is used as is, with saturation."""
+    if spec.act is ActQuant.NONE:
+        raise ValueError(f"scheme {spec.scheme!r} does not quantize activations")
+    qmax = formats.FP8_MAX if spec.act is ActQuant.FP8 else float(formats.INT8_MAX)
+    xf = x.float()
+    t, k = xf.shape
+    if static_scale is not None:
+        scale = static_scale.float().reshape(1, 1)
+        groups = xf.reshape(t, 1, k)
+    else:
+        if spec.act_group == ACT_PER_TENSOR:
+            groups = xf.reshape(1, 1, t * k)
+        elif spec.act_group == ACT_PER_TOKEN:
+            groups = xf.reshape(t, 1, k)
+        else:
+            if k % spec.act_group:
+                raise ValueError(f"activation group {spec.act_group} does not divide {k} columns")
+            groups = xf.reshape(t, k // spec.act_group, spec.act_group)
+        scale = (groups.abs().amax(dim=-1) / qmax).clamp(min=1e-12)  # [t or 1, groups]
+        groups = groups.reshape(scale.shape[0], scale.shape[1], -1)
+    q = groups / scale[..., None]
+    if spec.act is ActQuant.FP8:
+        codes = formats.to_fp8(q)
+    else:
+        codes = q.round().clamp(-formats.INT8_MAX, formats.INT8_MAX).to(torch.int8)
+    return codes.reshape(t, k), scale
+
+
+def fake_quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor | None = None):
+    """x quantized and dequantized again (float32): what a w8a8 kernel's matmul actually sees."""
+    codes, scale = quantize_activations(x, spec, static_scale)
+    t, k = x.shape
+    groups = codes.float().reshape(scale.shape[0], scale.shape[1], -1) * scale[..., None]
+    return groups.reshape(t, k)
