@@ -1,7 +1,8 @@
 """fp8 e4m3 weights and activations (w8a8 on fp8 tensor cores), three scale granularities:
 
-- ``fp8-per-tensor``: one weight scale per expert matrix; activations one dynamic scale per tensor
-  (or the checkpoint's static ``input_scale``); compressed-tensors ``float-quantized`` FP8.
+- ``fp8-per-tensor``: one weight scale per expert matrix; activations one dynamic scale per tensor;
+  ``fp8-per-tensor-static`` takes the checkpoint's static ``input_scale`` instead (a13_scale,
+  a2_scale); compressed-tensors ``float-quantized`` FP8.
 - ``fp8-per-channel``: one weight scale per output row; activations per token (FP8_DYNAMIC).
 - ``fp8-block128``: 128x128 weight blocks; activations per token per 128 columns (DeepSeek-V3,
   Qwen3-FP8, compressed-tensors FP8_BLOCK).
@@ -17,6 +18,8 @@ from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, Quantized
 
 SPECS = {
     "fp8-per-tensor": QuantSpec("fp8-per-tensor", WeightFormat.FP8, 0, 0, act=ActQuant.FP8, act_group=ACT_PER_TENSOR),
+    "fp8-per-tensor-static": QuantSpec("fp8-per-tensor-static", WeightFormat.FP8, 0, 0, act=ActQuant.FP8,
+                                       act_group=ACT_PER_TENSOR, act_static=True),
     "fp8-per-channel": QuantSpec("fp8-per-channel", WeightFormat.FP8, 1, 0, act=ActQuant.FP8, act_group=ACT_PER_TOKEN),
     "fp8-block128": QuantSpec("fp8-block128", WeightFormat.FP8, 128, 128, act=ActQuant.FP8, act_group=128),
 }

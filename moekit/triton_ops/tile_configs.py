@@ -54,14 +54,16 @@ class TableKey:
     intermediate_size: int
     dtype: torch.dtype
     gated: bool = True
+    quant: str = "none"  # the weights' quant scheme (moekit/quant); "none" for dtype weights
 
     def file_name(self) -> str:
         # Letters, digits, '_', '-' and '.' only: the name travels through any file system or tool.
         device = re.sub(r"[^A-Za-z0-9]+", "_", self.device).strip("_")
         dtype = str(self.dtype).removeprefix("torch.")
         gate = "" if self.gated else "-nogate"
+        quant = "" if self.quant == "none" else f"-{self.quant}"
         return (f"E{self.num_experts}-k{self.top_k}-H{self.hidden_size}-I{self.intermediate_size}-"
-                f"{dtype}{gate}-{device}.json")
+                f"{dtype}{gate}{quant}-{device}.json")
 
 
 def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
@@ -73,13 +75,15 @@ def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
     return default_tiles(key, num_tokens), "default heuristic"
 
 
-def tiles_for_call(device: torch.device, w2_shape, ids_shape, dtype: torch.dtype, gated: bool) -> ExpertsTiles:
-    """``tiles_for`` from a call's shapes, looked up once per shape (a dict hit on later calls)."""
-    shape = (device, tuple(w2_shape), tuple(ids_shape), dtype, gated)
+def tiles_for_call(device: torch.device, w2_shape, ids_shape, dtype: torch.dtype, gated: bool,
+                   quant: str = "none") -> ExpertsTiles:
+    """``tiles_for`` from a call's shapes (w2's logical [E, H, I]), looked up once per shape (a dict
+    hit on later calls)."""
+    shape = (device, tuple(w2_shape), tuple(ids_shape), dtype, gated, quant)
     tiles = _CALL_TILES.get(shape)
     if tiles is None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        key = TableKey(name, w2_shape[0], ids_shape[1], w2_shape[1], w2_shape[2], dtype, gated)
+        key = TableKey(name, w2_shape[0], ids_shape[1], w2_shape[1], w2_shape[2], dtype, gated, quant)
         tiles = _CALL_TILES[shape] = tiles_for(key, ids_shape[0])[0]
     return tiles
 
