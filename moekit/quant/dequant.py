@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from moekit.quant import formats
+from moekit.quant.method import expand_blocks
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
 
@@ -43,12 +44,11 @@ def dequantize(m: QuantizedMatrix, spec: QuantSpec, expert: int | None = None) -
 
 def _expand(per_block: torch.Tensor, spec: QuantSpec, n: int, k: int, g_idx, pick) -> torch.Tensor:
     """[e, N/gn, K/gk] block values -> [e, N, K]: each element takes its block's value."""
-    gn, gk = spec.group_n or n, spec.group_k or k
-    rows = per_block.repeat_interleave(gn, dim=1)[:, :n]
-    if g_idx is not None:  # act-order: column k belongs to group g_idx[k]
-        idx = pick(g_idx).long()[:, None, :].expand(-1, n, -1)
-        return torch.gather(rows, 2, idx)
-    return rows.repeat_interleave(gk, dim=2)[:, :, :k]
+    if g_idx is None:
+        return expand_blocks(per_block, spec, n, k)
+    rows = per_block.repeat_interleave(spec.group_n or n, dim=1)[:, :n]
+    idx = pick(g_idx).long()[:, None, :].expand(-1, n, -1)  # act-order: column k is in group g_idx[k]
+    return torch.gather(rows, 2, idx)
 
 
 def quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor | None = None):
@@ -69,10 +69,9 @@ def quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.T
             groups = xf.reshape(1, 1, t * k)
         elif spec.act_group == ACT_PER_TOKEN:
             groups = xf.reshape(t, 1, k)
-        else:
-            if k % spec.act_group:
-                raise ValueError(f"activation group {spec.act_group} does not divide {k} columns")
-            groups = xf.reshape(t, k // spec.act_group, spec.act_group)
+        else:  # per token per group of columns; a partial last group is padded with zeros
+            g = spec.act_group
+            groups = torch.nn.functional.pad(xf, (0, -k % g)).reshape(t, -(-k // g), g)
         scale = (groups.abs().amax(dim=-1) / qmax).clamp(min=1e-12)  # [t or 1, groups]
         groups = groups.reshape(scale.shape[0], scale.shape[1], -1)
     q = groups / scale[..., None]
@@ -80,12 +79,13 @@ def quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.T
         codes = formats.to_fp8(q)
     else:
         codes = q.round().clamp(-formats.INT8_MAX, formats.INT8_MAX).to(torch.int8)
-    return codes.reshape(t, k), scale
+    return codes.reshape(t, -1)[:, :k], scale
 
 
 def fake_quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor | None = None):
     """x quantized and dequantized again (float32): what a w8a8 kernel's matmul actually sees."""
     codes, scale = quantize_activations(x, spec, static_scale)
     t, k = x.shape
-    groups = codes.float().reshape(scale.shape[0], scale.shape[1], -1) * scale[..., None]
-    return groups.reshape(t, k)
+    if spec.act_group > 0 and static_scale is None:
+        return codes.float() * scale.repeat_interleave(spec.act_group, dim=1)[:, :k]
+    return (codes.float().reshape(scale.shape[0], scale.shape[1], -1) * scale[..., None]).reshape(t, k)

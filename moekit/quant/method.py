@@ -22,14 +22,13 @@ class QuantMethod:
         raise NotImplementedError
 
     def check_divisible(self, name: str, n: int, k: int) -> None:
-        """Group and block sizes must divide the matrix (packed formats also need an even K)."""
+        """Group sizes must divide K (packed formats also need an even K). 2-D blocks (DeepSeek's
+        128x128) may be partial at the edges: their scale grid is ceil(N/gn) x ceil(K/gk)."""
         spec = self.spec
-        if spec.group_k and k % spec.group_k:
+        blocked = spec.group_n > 1
+        if spec.group_k and k % spec.group_k and not blocked:
             raise ValueError(f"{name}: group size {spec.group_k} of scheme {spec.scheme!r} does not divide "
                              f"its input dimension {k}")
-        if spec.group_n and spec.group_n > 1 and n % spec.group_n:
-            raise ValueError(f"{name}: block of {spec.group_n} rows of scheme {spec.scheme!r} does not divide "
-                             f"its output dimension {n}")
         if spec.weight.packed and k % 2:
             raise ValueError(f"{name}: 4-bit packing needs an even input dimension, got {k}")
 
@@ -64,13 +63,16 @@ def _expect(name: str, t: torch.Tensor, shape, dtype) -> None:
 
 
 def blockwise_amax(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """[E, N, K] -> [E, N/gn, K/gk] absolute maxima over each scale block (the shape divides)."""
+    """[E, N, K] -> [E, ceil(N/gn), ceil(K/gk)] absolute maxima over each scale block (edge blocks
+    may be partial)."""
     e, n, k = w.shape
     gn, gk = spec.group_n or n, spec.group_k or k
-    return w.float().abs().reshape(e, n // gn, gn, k // gk, gk).amax(dim=(2, 4))
+    nb, kb = -(-n // gn), -(-k // gk)
+    a = torch.nn.functional.pad(w.float().abs(), (0, kb * gk - k, 0, nb * gn - n))
+    return a.reshape(e, nb, gn, kb, gk).amax(dim=(2, 4))
 
 
 def expand_blocks(per_block: torch.Tensor, spec: QuantSpec, n: int, k: int) -> torch.Tensor:
-    """[E, N/gn, K/gk] -> [E, N, K] (no act-order)."""
+    """[E, ceil(N/gn), ceil(K/gk)] -> [E, N, K]: each element takes its block's value (no act-order)."""
     gn, gk = spec.group_n or n, spec.group_k or k
-    return per_block.repeat_interleave(gn, dim=1).repeat_interleave(gk, dim=2)
+    return per_block.repeat_interleave(gn, dim=1)[:, :n].repeat_interleave(gk, dim=2)[:, :, :k]
