@@ -6,11 +6,14 @@ import sys
 import pytest
 import torch
 
+import moekit.quant
+
 from moekit.cli import run as run_module
 from moekit.cli.main import main
 from moekit.cli.presets import CPU_MAX_EXPERTS, CPU_MAX_HIDDEN, PRESETS, scale_down
 from moekit.experts import ALL_BACKENDS
 from moekit.routing import Scoring
+from moekit.tolerance import ACT_QUANT_REL_TOL
 
 # (hidden, expert intermediate, experts, top_k, shared intermediate) from the models' configs,
 # as in the "Model shapes" table of the project's FACTS.md.
@@ -69,6 +72,22 @@ def test_run_exits_1_when_the_check_fails(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "run", "--tokens", "8", "--iters", "1", "--device", "cpu")
     assert code == 1
     assert "FAIL" in out and "PASS" not in out
+
+
+@pytest.mark.parametrize("preset, quant", [("qwen3-30b-a3b", "w4a16"), ("gpt-oss-120b", "mxfp4"),
+                                           ("deepseek-v3", "fp8-block128")])
+def test_run_quantized_checks_against_the_dequantized_spec(capsys, preset, quant):
+    code, out, err = run_cli(capsys, "run", "--preset", preset, "--quant", quant, "--tokens", "12", "--iters", "1",
+                             "--device", "cpu")
+    assert code == 0, out + err
+    assert "PASS" in out and moekit.quant.parse_quant(quant) in out
+    if quant == "fp8-block128":  # activations are quantized too: the fp8 bound, not fp32's
+        assert str(ACT_QUANT_REL_TOL["fp8_e4m3"]) in out
+
+
+def test_run_unknown_quant_scheme_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "run", "--quant", "fp9", "--device", "cpu")
+    assert code == 2 and "unknown quant scheme 'fp9'" in err and err.count("\n") == 1
 
 
 def test_run_skip_check(capsys):

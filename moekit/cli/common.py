@@ -4,6 +4,7 @@ built (scaled down on the CPU), and building the preset's ``moekit.MoE``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 import moekit
+import moekit.quant
 from moekit.cli.presets import DEFAULT_PRESET, PRESETS, Preset, Scaling, describe_routing, scale_down
 from moekit.experts import ALL_BACKENDS
 
@@ -45,6 +47,9 @@ def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=[b.name for b in ALL_BACKENDS], default=None, metavar="NAME",
                         help="experts backend to require (default: the oracle's choice; MOEKIT_BACKEND also "
                              f"sets it); one of: {', '.join(b.name for b in ALL_BACKENDS)}")
+    parser.add_argument("--quant", default=None, metavar="SCHEME",
+                        help="quantize the random expert weights with this scheme (e.g. fp8-block128, w4a16, "
+                             "mxfp4, nvfp4; default: unquantized); see docs/quantization.md")
     parser.add_argument("--full-size", action="store_true",
                         help="build the model's real shape on the CPU too (default there: scaled down)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
@@ -59,16 +64,30 @@ class Setup:
     scaling: Scaling | None  # None at full size
     dtype: torch.dtype
     device: torch.device
+    quant: str = "none"
 
 
 def resolve_setup(args: argparse.Namespace) -> Setup:
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = PRESETS[args.preset]
+    try:
+        quant = moekit.quant.parse_quant(getattr(args, "quant", None))
+    except ValueError as e:
+        raise CliError(f"--quant: {e}") from None
     if device.type == "cpu" and not args.full_size:
         built, scaling = scale_down(model)
-        return Setup(model, built, scaling, dtype, device)
-    return Setup(model, model, None, dtype, device)
+        return Setup(model, _fit_groups(built, quant), scaling, dtype, device, quant)
+    return Setup(model, model, None, dtype, device, quant)
+
+
+def _fit_groups(built: Preset, quant: str) -> Preset:
+    """A scaled-down shape rounded up so the scheme's K groups divide it (the real shapes divide)."""
+    if quant == "none":
+        return built
+    group = max(moekit.quant.method_for(quant).spec.group_k, 2)
+    up = lambda n: -(-n // group) * group  # noqa: E731
+    return dataclasses.replace(built, hidden_size=up(built.hidden_size), intermediate_size=up(built.intermediate_size))
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -83,8 +102,9 @@ def resolve_device(name: str | None) -> torch.device:
 def build_layer(setup: Setup, backend: str | None, seed: int) -> moekit.MoE:
     torch.manual_seed(seed)
     try:
-        layer = moekit.MoE(**setup.built.layer_kwargs(), dtype=setup.dtype, device=setup.device, backend=backend)
-    except moekit.BackendUnavailableError as e:
+        layer = moekit.MoE(**setup.built.layer_kwargs(), dtype=setup.dtype, device=setup.device, backend=backend,
+                           quant=None if setup.quant == "none" else setup.quant)
+    except (moekit.BackendUnavailableError, ValueError) as e:  # ValueError: a group size that does not divide
         raise CliError(str(e)) from None
     if layer.correction_bias is not None:
         # A trained model's bias is far from zero; a random one makes selection differ from the scores'.
@@ -111,7 +131,8 @@ def shape_table(setup: Setup) -> Table:
         table.add_row(name, Text(str(full)), Text(str(run), style="bold" if full != run else ""))
     table.add_row("activation", Text(model.activation), Text(built.activation))
     table.add_row("routing", Text(describe_routing(model.routing)), Text(describe_routing(built.routing)))
-    table.add_row("checkpoint quant", Text(model.checkpoint_quant or "none"), Text("none (unquantized)"))
+    table.add_row("checkpoint quant", Text(model.checkpoint_quant or "none"),
+                  Text("none (unquantized)" if setup.quant == "none" else setup.quant))
     table.add_row("dtype / device", "", Text(f"{dtype_name(setup.dtype)} / {setup.device.type}"))
     return table
 

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 import moekit
-from moekit.tolerance import REL_TOL, relative_error
+from moekit.quant.dequant import dequantize
+from moekit.tolerance import ACT_QUANT_REL_TOL, REL_TOL, relative_error
 from moekit.cli.common import add_layer_arguments, build_and_show, dtype_name, progress_bar
 
 DEFAULT_TOKENS = {"cpu": 256, "cuda": 1024}
@@ -92,14 +93,31 @@ def check_against_spec(layer: moekit.MoE, x: torch.Tensor, out: torch.Tensor, co
             ref[rows] = _spec(layer, x[rows], weights[rows], ids[rows], shared64)
             progress.advance(task, ref[rows].shape[0])
     rel = relative_error(out, ref)
-    return Check(rel_error=rel, tolerance=REL_TOL[layer.w13.dtype])
+    return Check(rel_error=rel, tolerance=tolerance_of(layer))
+
+
+def tolerance_of(layer: moekit.MoE) -> float:
+    """The dtype's bound; a w8a8 scheme's activation quantization error (the spec keeps activations exact)."""
+    spec = layer.quant_method.spec if layer.quant_method is not None else None
+    if spec is not None and not spec.weight_only:
+        return ACT_QUANT_REL_TOL[spec.act.value]
+    return REL_TOL[layer.dtype]
 
 
 def _spec(layer: moekit.MoE, x, weights, ids, shared64) -> torch.Tensor:
-    ref = moekit.fused_moe_spec(x, layer.w13, layer.w2, weights, ids, layer.activation, layer.w13_bias, layer.w2_bias,
+    w13, w2 = _float_experts(layer)
+    ref = moekit.fused_moe_spec(x, w13, w2, weights, ids, layer.activation, layer.w13_bias, layer.w2_bias,
                                 gate_up_layout=layer.gate_up_layout,
                                 apply_router_weight_on_input=layer.apply_router_weight_on_input)
     return ref if shared64 is None else ref + shared64(x.double())
+
+
+def _float_experts(layer: moekit.MoE):
+    """The expert weights as the spec reads them: a quantized layer's dequantized (float32)."""
+    if layer.quant_method is None:
+        return layer.w13, layer.w2
+    spec = layer.quant_method.spec
+    return dequantize(layer._quantized("w13"), spec), dequantize(layer._quantized("w2"), spec)
 
 
 def results_table(layer: moekit.MoE, tokens: int, times: list[float], check: Check | None, seed: int) -> Table:
@@ -112,7 +130,8 @@ def results_table(layer: moekit.MoE, tokens: int, times: list[float], check: Che
         ("backend", explanation.backend),
         ("kernel", explanation.kernel),
         ("tokens", str(tokens)),
-        ("dtype", dtype_name(layer.w13.dtype)),
+        ("dtype", dtype_name(layer.dtype)),
+        ("quant", layer.quant),
         (f"time (median of {len(times)})", f"{median * 1e6:,.1f} µs"),
         ("time (min)", f"{min(times) * 1e6:,.1f} µs"),
         ("tokens/s", f"{tokens / median:,.0f}"),
