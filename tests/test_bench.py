@@ -152,7 +152,7 @@ def _cpu_timing(monkeypatch):
 
     monkeypatch.setattr(runner, "median_ms", median_ms)
     monkeypatch.setattr(runner, "capture_rotation", no_capture)
-    monkeypatch.setattr(runner, "measure_ceilings", lambda device, dtype: CEILINGS)
+    monkeypatch.setattr(runner, "measure_ceilings", lambda device, dtype, low_precision=(): CEILINGS)
 
 
 def test_runner_fills_every_cell(monkeypatch):

@@ -38,7 +38,7 @@ def hf_eager_loop(x, w13, w2, topk_weights, topk_ids, activation="silu", w13_bia
 def fp32_reference(x, w13, w2, topk_weights, topk_ids, activation="silu", w13_bias=None, w2_bias=None, *,
                    gate_up_layout=GateUpLayout.CONCATENATED, apply_router_weight_on_input=False) -> torch.Tensor:
     """The same MoE in float32 (IEEE matmuls, no TF32), one expert upcast at a time: [T, H] fp32."""
-    with _ieee_fp32_matmul():
+    with ieee_fp32_matmul():
         return _loop_over_hit_experts(x, w13, w2, topk_weights, topk_ids, parse_activation(activation), w13_bias,
                                       w2_bias, GateUpLayout(gate_up_layout), apply_router_weight_on_input,
                                       torch.float32)
@@ -67,7 +67,7 @@ def _loop_over_hit_experts(x, w13, w2, topk_weights, topk_ids, act, w13_bias, w2
 
 
 @contextmanager
-def _ieee_fp32_matmul():
+def ieee_fp32_matmul():
     saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # no TF32 in cuBLAS
     try:

@@ -22,8 +22,10 @@ class Check:
         return self.finite and not math.isnan(self.rel_error) and self.rel_error <= self.tolerance
 
 
-def check_output(out: torch.Tensor, ref32: torch.Tensor) -> Check:
+def check_output(out: torch.Tensor, ref32: torch.Tensor, tolerance: float | None = None) -> Check:
+    """``tolerance`` defaults to the output dtype's bound."""
     if out.shape != ref32.shape:
         raise ValueError(f"output has shape {tuple(out.shape)}, the reference {tuple(ref32.shape)}")
     finite = bool(torch.isfinite(out).all())
-    return Check(rel_error=relative_error(out, ref32), finite=finite, tolerance=REL_TOL[out.dtype])
+    bound = REL_TOL[out.dtype] if tolerance is None else tolerance
+    return Check(rel_error=relative_error(out, ref32), finite=finite, tolerance=bound)

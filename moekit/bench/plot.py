@@ -1,12 +1,13 @@
 """``--plot FILE.png``: per shape, µs against tokens (log-log, with the floor) and % of the floor
-against tokens. matplotlib is imported here only, through its Agg canvas (no display, no pyplot
+against tokens; with ``--quant``, µs and speedup of each scheme (quant_plot.py). matplotlib is imported here only, through its Agg canvas (no display, no pyplot
 global state)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from moekit.bench.results import LABELS, VARIANTS, BenchResults, ShapeResult
+from moekit.bench.quant_plot import draw_quant_shape
+from moekit.bench.results import LABELS, VARIANTS, BenchResults, ShapeResult, short_dtype
 
 _STYLE = {"moekit": "o-", "moekit_routing": "s--", "grouped_mm": "^-", "hf_loop": "v:"}
 
@@ -21,12 +22,16 @@ def plot_results(results: BenchResults, path: str | Path) -> None:
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 2, squeeze=False)
     device = results.environment.get("device", "?")
-    fig.suptitle(f"moekit bench, {results.dtype}, {device}")
+    quant = f", quant {', '.join(results.quant)}" if results.quant else ""
+    fig.suptitle(f"moekit bench, {results.dtype}{quant}, {device}")
     if not shapes:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
-    for (time_ax, pct_ax), shape in zip(axes, shapes):
-        _draw_shape(shape, time_ax, pct_ax)
+    for (left, right), shape in zip(axes, shapes):
+        if results.quant:
+            draw_quant_shape(shape, short_dtype(results.dtype), left, right)
+        else:
+            _draw_shape(shape, left, right)
     fig.savefig(path, format="png", dpi=110)
 
 
@@ -61,6 +66,7 @@ def _draw_shape(shape: ShapeResult, time_ax, pct_ax) -> None:
         ax.grid(True, which="major", alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize="small")
+
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -1,5 +1,6 @@
 """Rich tables of a run (setup and ceilings, then one table per shape, each with numbered notes for
-refusals, errors and failed captures) and its JSON file."""
+refusals, errors and failed captures; with ``--quant`` the shape's quant table, quant_report.py)
+and its JSON file."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from moekit.bench.results import GROUPED_MM, HF_LOOP, LABELS, MOEKIT, MOEKIT_ROUTING, BenchResults, Cell, ShapeResult
+from moekit.bench.quant_report import quant_shape_report
+from moekit.bench.results import (GROUPED_MM, HF_LOOP, LABELS, MOEKIT, MOEKIT_ROUTING, BenchResults, Cell, ShapeResult,
+                                  short_dtype)
 
 
 def render(results: BenchResults, console: Console) -> None:
     console.print(setup_table(results))
     for shape in results.shapes:
-        console.print(shape_report(shape))
+        console.print(shape_report(shape, results))
 
 
 def write_json(results: BenchResults, path: str | Path) -> None:
@@ -53,23 +56,43 @@ def setup_table(results: BenchResults) -> Table:
                           f"read-only sum {c.read_bytes_per_s / 1e12:.2f}; the better is used)"),
             ("matmul", f"{c.matmul_flops_per_s / 1e12:.0f} TFLOP/s ({c.matmul_dtype} 8192³ torch.mm)"),
         ]
+        if c.fp8_flops_per_s is not None:
+            rows.append(("fp8 matmul", f"{c.fp8_flops_per_s / 1e12:.0f} TFLOP/s (e4m3 8192³ torch._scaled_mm)"))
+        if c.int8_ops_per_s is not None:
+            rows.append(("int8 matmul", f"{c.int8_ops_per_s / 1e12:.0f} TOP/s (8192³ torch._int_mm)"))
+        for kind, error in (c.low_precision_errors or {}).items():
+            rows.append((f"{kind} matmul", f"not measured ({error}); its schemes' floors use the "
+                                           f"{c.matmul_dtype} rate"))
+    if results.quant:
+        rows.append(("quant", f"{', '.join(results.quant)}: each layer quantized from the {results.dtype} layer's "
+                              "weights; floors from the packed bytes read"))
     for name, value in rows:
         table.add_row(name, Text(value))
     return table
 
 
-def shape_report(shape: ShapeResult) -> Group | Text:
+def shape_report(shape: ShapeResult, results: BenchResults | None = None) -> Group | Text:
     title = shape.describe() + (f"; layer backend: {shape.backend}" if shape.backend else "")
     if shape.error is not None:
         return Text(f"{title}\n  not run: {shape.error}", style="red")
     notes = _Notes()
-    table = Table(title=title, title_justify="left")
-    for header in ("tokens", "floor µs", "moekit µs (graph)", "% floor", "moekit+routing µs", "grouped_mm µs",
-                   "hf loop µs", "speedup vs grouped_mm", "rel err", "pass"):
-        table.add_column(header, justify="right")
-    for cell in shape.cells:
-        table.add_row(*_cell_row(cell, notes))
-    return Group(table, *notes.lines()) if notes.lines() else Group(table)
+    parts = []
+    quant = results is not None and bool(results.quant)
+    baselines = any(name in c.variants for c in shape.cells for name in (MOEKIT_ROUTING, GROUPED_MM, HF_LOOP))
+    if baselines or not quant:  # with --quant and no baselines the quant table has every number
+        table = Table(title=title, title_justify="left")
+        for header in ("tokens", "floor µs", "moekit µs (graph)", "% floor", "moekit+routing µs", "grouped_mm µs",
+                       "hf loop µs", "speedup vs grouped_mm", "rel err", "pass"):
+            table.add_column(header, justify="right")
+        for cell in shape.cells:
+            table.add_row(*_cell_row(cell, notes))
+        parts.append(table)
+    if quant:
+        if not parts:
+            parts.append(Text(title, style="italic"))
+        parts.append(quant_shape_report(shape, short_dtype(results.dtype), notes))
+    return Group(*parts, *notes.lines())
+
 
 
 def _cell_row(cell: Cell, notes: _Notes) -> list[Text]:
@@ -115,13 +138,18 @@ class _Notes:
     def __init__(self):
         self._notes: dict[tuple[str, str], list[int]] = {}
 
-    def mark(self, name: str, tokens: int, message: str) -> str:
+    def mark(self, name: str, tokens: int | None, message: str) -> str:
+        """``tokens`` None: a note about the whole shape, at no token count."""
         key = (name, message)
         self._notes.setdefault(key, [])
-        if tokens not in self._notes[key]:
+        if tokens is not None and tokens not in self._notes[key]:
             self._notes[key].append(tokens)
         return f"[{list(self._notes).index(key) + 1}]"
 
     def lines(self) -> list[Text]:
-        return [Text(f"[{i}] {LABELS.get(name, name)} at T={', '.join(map(str, tokens))}: {message}")
+        return [Text(f"[{i}] {LABELS.get(name, name)}{_at(tokens)}: {message}")
                 for i, ((name, message), tokens) in enumerate(self._notes.items(), start=1)]
+
+
+def _at(tokens: list[int]) -> str:
+    return f" at T={', '.join(map(str, tokens))}" if tokens else ""

@@ -1,6 +1,7 @@
 """The run: both ceilings first; then per shape one layer, whose weights every variant reuses (a second
 copy of DeepSeek-V3's 22.5 GB of experts would not fit beside it), and per token count one cell:
-rotated inputs, the floor, the float32 reference, then each variant checked and timed.
+rotated inputs, the floor, the float32 reference, then each variant checked and timed. With
+``--quant``, each scheme's cells follow the shape's unquantized ones (quant_runner.py).
 
 A failure stays in its cell (a backend's refusal, a failed capture, out of memory) and the run goes on."""
 
@@ -14,16 +15,18 @@ import torch
 
 import moekit
 from moekit.bench.baselines import GROUPED_MM_BACKEND, fp32_reference, grouped_mm_moe, hf_eager_loop
-from moekit.bench.ceilings import Ceilings, measure_ceilings
+from moekit.bench.ceilings import Ceilings, low_precision_kind, measure_ceilings
 from moekit.bench.check import check_output
 from moekit.bench.floor import MoEShape, distinct_experts, roofline_floor
 from moekit.bench.inputs import INPUT_SETS, InputSet, make_input_sets
 from moekit.bench.provenance import describe_environment
+from moekit.bench.quant_runner import run_quant_schemes
 from moekit.bench.results import (GROUPED_MM, HF_LOOP, LABELS, MOEKIT, MOEKIT_ROUTING, BenchResults, Cell,
-                                  ShapeResult, VariantResult)
+                                  QuantCell, ShapeResult, VariantResult)
 from moekit.bench.timing import (EAGER_WARMUP_MS, REP_MS, WARMUP_MS, CaptureError, EagerRotation, capture_rotation,
                                  describe_error, median_ms, method, settle)
 from moekit.cli.presets import Preset
+from moekit.quant import method_for
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class BenchConfig:
     seed: int = 0
     input_sets: int = INPUT_SETS
     command: str = "moekit bench"
+    quant: tuple[str, ...] = ()  # canonical schemes to bench beside the unquantized forward
+    baselines: bool = True  # time moekit+routing, grouped_mm and the hf loop too
+
+    @property
+    def cells(self) -> int:
+        """Cells the progress counts: per shape and token count, the unquantized one and one per scheme."""
+        return len(self.presets) * len(self.tokens) * (1 + len(self.quant))
 
 
 class Progress:
@@ -44,6 +54,9 @@ class Progress:
 
     def cell_done(self, shape: ShapeResult, cell: Cell | None) -> None:  # None: skipped, the shape failed
         pass
+
+    def quant_cell_done(self, shape: ShapeResult, scheme: str, tokens: int, cell: QuantCell | None) -> None:
+        pass  # None: skipped, the shape or the scheme's layer failed
 
 
 @dataclass(frozen=True)
@@ -60,10 +73,13 @@ def run_bench(config: BenchConfig, device: torch.device, progress: Progress | No
     environment = describe_environment(device)
     if ceilings is None:
         progress.status("measuring bandwidth and matmul rate")
+        # fp8 / int8 rates only when a scheme multiplies in that format (each costs an 8192³ GEMM).
+        kinds = [k for k in (low_precision_kind(method_for(s).spec) for s in config.quant) if k is not None]
         with torch.inference_mode():
-            ceilings = measure_ceilings(device, config.dtype)
+            ceilings = measure_ceilings(device, config.dtype, low_precision=kinds)
     results = BenchResults(environment=environment, ceilings=ceilings, dtype=str(config.dtype).removeprefix("torch."),
-                           input_sets=config.input_sets, command=config.command, timing=method())
+                           input_sets=config.input_sets, command=config.command, timing=method(),
+                           quant=config.quant)
     for preset in config.presets:
         results.shapes.append(run_shape(preset, config, device, ceilings, progress))
     return results
@@ -93,13 +109,16 @@ def run_shape(preset: Preset, config: BenchConfig, device: torch.device, ceiling
     except Exception as e:  # noqa: BLE001 - e.g. out of memory on a smaller GPU: the other shapes still run
         shape.error = describe_error(e)
         settle()
-        for _ in config.tokens:
+        for tokens in config.tokens:
             progress.cell_done(shape, None)
+            for scheme in config.quant:
+                progress.quant_cell_done(shape, scheme, tokens, None)
         return shape
     for tokens in config.tokens:
         cell = run_cell(layer, tokens, config, ceilings, progress, preset.name)
         shape.cells.append(cell)
         progress.cell_done(shape, cell)
+    run_quant_schemes(layer, preset, shape, config, ceilings, progress)
     del layer  # free this shape's weights before the next shape's are allocated
     settle()
     return shape
@@ -119,7 +138,7 @@ def run_cell(layer: moekit.MoE, tokens: int, config: BenchConfig, ceilings: Ceil
             ref = fp32_reference(first.x, layer.w13, layer.w2, first.topk_weights, first.topk_ids, layer.activation,
                                  layer.w13_bias, layer.w2_bias, gate_up_layout=layer.gate_up_layout,
                                  apply_router_weight_on_input=layer.apply_router_weight_on_input)
-            for variant in layer_variants(layer):
+            for variant in layer_variants(layer, config.baselines):
                 progress.status(f"{label} T={tokens}: {LABELS[variant.name]}")
                 cell.variants[variant.name] = measure_variant(variant, sets, ref)
     except Exception as e:  # noqa: BLE001 - the cell says what failed; the run goes on
@@ -128,8 +147,9 @@ def run_cell(layer: moekit.MoE, tokens: int, config: BenchConfig, ceilings: Ceil
     return cell
 
 
-def layer_variants(layer: moekit.MoE) -> list[Variant]:
-    """The four things timed, all on the layer's own weights."""
+def layer_variants(layer: moekit.MoE, baselines: bool = True) -> list[Variant]:
+    """The four things timed, all on the layer's own weights; without ``baselines`` only moekit's
+    forward on precomputed routing (what ``--quant`` compares the quantized forwards with)."""
     w = (layer.w13, layer.w2)
     kw = dict(gate_up_layout=layer.gate_up_layout, apply_router_weight_on_input=layer.apply_router_weight_on_input)
 
@@ -148,12 +168,16 @@ def layer_variants(layer: moekit.MoE) -> list[Variant]:
     def with_routing(s: InputSet) -> torch.Tensor:
         return layer(s.x)  # router, routing and experts: the routing in ``s`` is not used
 
+    if not baselines:
+        return [Variant(MOEKIT, True, experts)]
     return [Variant(MOEKIT, True, experts), Variant(MOEKIT_ROUTING, True, with_routing),
             Variant(GROUPED_MM, False, grouped), Variant(HF_LOOP, False, hf_loop)]
 
 
-def measure_variant(variant: Variant, sets: Sequence[InputSet], ref: torch.Tensor) -> VariantResult:
-    """Check the output for input set 0 against ``ref``, then time the rotation over all sets."""
+def measure_variant(variant: Variant, sets: Sequence[InputSet], ref: torch.Tensor,
+                    tolerance: float | None = None) -> VariantResult:
+    """Check the output for input set 0 against ``ref`` (within ``tolerance``, by default the output
+    dtype's), then time the rotation over all sets."""
     result = VariantResult(variant.name)
     try:
         rotation = EagerRotation(variant.fn, sets)
@@ -162,7 +186,7 @@ def measure_variant(variant: Variant, sets: Sequence[InputSet], ref: torch.Tenso
                 rotation = capture_rotation(variant.fn, sets)
             except CaptureError as e:
                 result.capture_error = str(e)
-        check = check_output(rotation.first_output(), ref)
+        check = check_output(rotation.first_output(), ref, tolerance)
         result.rel_error, result.finite, result.passed = check.rel_error, check.finite, check.passed
         warmup = WARMUP_MS if rotation.mode == "graph" else EAGER_WARMUP_MS
         result.us = median_ms(rotation, warmup, REP_MS) * 1e3
