@@ -5,6 +5,9 @@ bias and the activation in the epilogue: only the I-wide activated rows reach me
 gemm2: activated rows @ w2, the bias, then the routing weight in the epilogue, written per pair.
 sum  : a token's k pair rows summed in fp32 (skipped for top_k = 1, where gemm2 writes the token).
 
+Quantized weights (moekit's layout) go to the sibling kernels in quant_gemm.py, through the same
+launchers with ``quant=``.
+
 Pairs with an out-of-range expert id are absent from the aligned rows and masked in the sum, so
 they contribute nothing; no program reads or writes outside its tensors.
 """
@@ -16,6 +19,7 @@ import triton
 import triton.language as tl
 
 from moekit.activations import Activation, ActivationKind, GateUpLayout
+from moekit.quant.spec import QuantSpec
 from moekit.triton_ops.align import AlignedPairs, align_pairs_by_expert
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
@@ -181,8 +185,8 @@ def _sum_over_topk(y_ptr, ids_ptr, out_ptr, H, num_experts, top_k,
 
 def fused_experts(
     x: torch.Tensor,  # [T, H]
-    w13: torch.Tensor,  # [E, 2I, H] (or [E, I, H] without a gate)
-    w2: torch.Tensor,  # [E, H, I]
+    w13,  # [E, 2I, H] (or [E, I, H] without a gate): a tensor, or a QuantizedMatrix with ``quant``
+    w2,  # [E, H, I]
     topk_weights: torch.Tensor,  # [T, k] fp32
     topk_ids: torch.Tensor,  # [T, k] int32/int64
     activation: Activation,
@@ -191,30 +195,43 @@ def fused_experts(
     w13_bias: torch.Tensor | None = None,
     w2_bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,  # [T, H] x.dtype, written whole (tests pass a poisoned one)
+    *,
+    quant: QuantSpec | None = None,  # the weights' scheme (quant/spec.py); None for dtype weights
+    a13_scale: torch.Tensor | None = None,  # static activation scales (fp8-per-tensor-static)
+    a2_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) as [T, H] in x.dtype."""
     num_tokens, hidden = x.shape
     top_k = topk_ids.shape[1]
+    num_experts = (w2.data if quant is not None else w2).shape[0]
     if out is None:
         out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
     if num_tokens == 0:
         return out
     topk_ids = topk_ids.contiguous()
-    aligned = align_pairs_by_expert(topk_ids, w2.shape[0], tiles.block_m)
-    activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1)
+    aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
+    activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1,
+                             quant=quant, a_scale=a13_scale)
     if top_k == 1:
         # gemm2 writes each token's row itself; a token whose id is out of range keeps zeros.
-        launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, out.zero_(), tiles.gemm2)
+        launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, out.zero_(), tiles.gemm2, quant=quant,
+                     a_scale=a2_scale)
         return out
     pair_rows = torch.empty(num_tokens * top_k, hidden, dtype=x.dtype, device=x.device)
-    launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, pair_rows, tiles.gemm2)
-    launch_sum(pair_rows, topk_ids, w2.shape[0], out)
+    launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, pair_rows, tiles.gemm2, quant=quant, a_scale=a2_scale)
+    launch_sum(pair_rows, topk_ids, num_experts, out)
     return out
 
 
 def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation: Activation,
-                 gate_up_layout: GateUpLayout, g: GemmTiles, activated: torch.Tensor | None = None):
-    """x @ w13 per aligned row block, bias and activation fused: the activated rows [rows, I]."""
+                 gate_up_layout: GateUpLayout, g: GemmTiles, activated: torch.Tensor | None = None, *,
+                 quant: QuantSpec | None = None, a_scale: torch.Tensor | None = None):
+    """x @ w13 per aligned row block, bias and activation fused: the activated rows [rows, I].
+    With ``quant``, w13 is a QuantizedMatrix and quant_gemm.launch_gemm1_quant runs instead."""
+    if quant is not None:
+        from moekit.triton_ops.quant_gemm import launch_gemm1_quant
+
+        return launch_gemm1_quant(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, g, quant, a_scale)
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
     hidden, inter = x.shape[1], w13.shape[1] // 2 if activation.gated else w13.shape[1]
     if activated is None:
@@ -235,8 +252,14 @@ def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation
     return activated
 
 
-def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, out_rows: torch.Tensor, g: GemmTiles):
-    """activated @ w2 per aligned row block, bias and routing weight fused, into out_rows[pair]."""
+def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, out_rows: torch.Tensor, g: GemmTiles,
+                 *, quant: QuantSpec | None = None, a_scale: torch.Tensor | None = None):
+    """activated @ w2 per aligned row block, bias and routing weight fused, into out_rows[pair].
+    With ``quant``, w2 is a QuantizedMatrix and quant_gemm.launch_gemm2_quant runs instead."""
+    if quant is not None:
+        from moekit.triton_ops.quant_gemm import launch_gemm2_quant
+
+        return launch_gemm2_quant(activated, w2, w2_bias, topk_weights, aligned, out_rows, g, quant, a_scale)
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
     hidden, inter = w2.shape[1], w2.shape[2]
     bias = w2_bias if w2_bias is not None else w2

@@ -1,0 +1,85 @@
+"""moekit's quant number formats (quant/formats.py) as Triton device functions: unpacking 4-bit
+codes, e2m1 / e8m0 / e4m3 values from their bits, and rounding onto the int8 and e4m3 grids.
+
+Everything is integer or exact fp32 arithmetic, so it runs the same on any GPU (e4m3 scales are read
+as bytes: no fp8 instructions needed for weight-only schemes) and in Triton's CPU interpreter, whose
+own fp32 -> fp8 cast rounds differently from the hardware's (docs/facts.md): rounding onto the e4m3
+grid first makes the final cast exact everywhere.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FP8_MAX = tl.constexpr(448.0)  # largest finite e4m3fn value
+INT8_MAX = tl.constexpr(127.0)  # symmetric int8 range
+
+
+@triton.jit
+def unpack_nibbles_nk(packed):
+    """[BN, BK/2] bytes -> [BN, BK] codes 0..15 in column order (even column in the low nibble)."""
+    return tl.interleave(packed & 0xF, packed >> 4)
+
+
+@triton.jit
+def e2m1_values(codes):
+    """e2m1 codes 0..15 (int32) -> fp32: sign, 2 exponent bits (bias 1), 1 mantissa bit."""
+    exp = (codes >> 1) & 3
+    man = codes & 1
+    # magnitude * 2: e == 0 is subnormal (0 or 0.5); else (2 + m) * 2**(e - 1) / 2.
+    twice = tl.where(exp == 0, man, (2 + man) << tl.maximum(exp - 1, 0))
+    mag = twice.to(tl.float32) * 0.5
+    return tl.where((codes & 8) != 0, -mag, mag)
+
+
+@triton.jit
+def e8m0_values(codes):
+    """e8m0 codes (uint8 as int32) -> fp32 2**(code - 127); code 0 is 2**-127 (subnormal), 255 NaN."""
+    value = (codes << 23).to(tl.float32, bitcast=True)
+    value = tl.where(codes == 0, 5.877471754111438e-39, value)
+    return tl.where(codes == 255, float("nan"), value)
+
+
+@triton.jit
+def e4m3_values(codes):
+    """e4m3fn bytes (int32 0..255) -> fp32, from the bits (no fp8 conversion instruction needed)."""
+    exp = (codes >> 3) & 15
+    man = codes & 7
+    normal = ((exp + 120) << 23 | man << 20).to(tl.float32, bitcast=True)  # 2**(e-7) * (1 + m/8)
+    mag = tl.where(exp == 0, man.to(tl.float32) * 0.001953125, normal)  # subnormal: m * 2**-9
+    mag = tl.where((exp == 15) & (man == 7), float("nan"), mag)
+    return tl.where((codes & 128) != 0, -mag, mag)
+
+
+@triton.jit
+def round_half_even(x):
+    """Round fp32 to the nearest integer, ties to even (torch.round), for |x| < 2**22."""
+    r = tl.floor(x)
+    d = x - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+    return tl.where((d > 0.5) | ((d == 0.5) & odd), r + 1.0, r)
+
+
+@triton.jit
+def round_to_e4m3(x):
+    """fp32 in [-448, 448] -> the nearest e4m3fn value (ties to even), still fp32: the spacing is
+    2**(e - 3) for exponent e >= -6, and 2**-9 below (subnormals)."""
+    exp = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    exp = tl.maximum(exp, -6)
+    ulp = ((exp - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    inv_ulp = ((127 - exp + 3) << 23).to(tl.float32, bitcast=True)
+    return round_half_even(x * inv_ulp) * ulp
+
+
+@triton.jit
+def quantize_values(x, scale, IS_FP8: tl.constexpr):
+    """x / scale saturated and rounded onto the fp8 e4m3 or int8 grid, as fp8 / int8 codes
+    (quant.dequant.quantize_activations: division, not a reciprocal multiply)."""
+    q = tl.math.div_rn(x, scale)
+    if IS_FP8:
+        q = round_to_e4m3(tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX))
+        return q.to(tl.float8e4nv)
+    else:
+        q = tl.minimum(tl.maximum(round_half_even(q), -INT8_MAX), INT8_MAX)
+        return q.to(tl.int8)

@@ -1,0 +1,317 @@
+"""The fused experts GEMMs on quantized weights: the same row blocks, fused gate/up + activation and
+weighted epilogue as experts_kernels.py, with weights read in moekit's quantized layout and
+dequantized per tile (quant_tiles.py); no dequantized copy of the weights ever exists.
+
+- weight-only (w4a16-*, w8a16-*, mxfp4, nvfp4): packed / int8 tiles dequantized to the
+  activations' dtype, dot in that dtype, fp32 accumulate.
+- w8a8 (fp8-*, int8-w8a8): the GEMM input arrives quantized (activation_quant.py), the dot runs on
+  fp8 / int8 tensor cores (fp32 / int32 accumulate) and the scales multiply its result. gemm1 can
+  quantize its own output for gemm2 in the epilogue when one output tile is one scale group
+  (BLOCK_N == 128 for per-128 groups, or one tile spanning I for per-row scales).
+
+Kept apart from the unquantized kernels so their generated code stays exactly as tuned.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moekit.activations import Activation, GateUpLayout
+from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
+from moekit.quant.spec import WeightFormat
+from moekit.triton_ops.activation_quant import QuantizedRows, RowMap, code_dtype, quantize_rows, scale_columns
+from moekit.triton_ops.align import AlignedPairs
+from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids
+from moekit.triton_ops.launcher import cdiv, launch
+from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
+from moekit.triton_ops.quant_tiles import as_codes, block_weight_scale, code_tile, dequantized_tile, row_weight_factor
+from moekit.triton_ops.tile_configs import GemmTiles
+
+WFMT = {WeightFormat.FP8: 0, WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
+SFMT = {ScaleFormat.FP32: 0, ScaleFormat.E8M0: 1, ScaleFormat.E4M3: 2}
+AQUANT = {ActQuant.NONE: 0, ActQuant.FP8: 1, ActQuant.INT8: 2}
+
+
+@triton.jit
+def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
+         stride_wn, stride_wk, stride_sn, stride_sk,
+         WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
+         HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
+         DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked."""
+    if A_QUANT == 0:
+        w = dequantized_tile(w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K, stride_wn, stride_wk,
+                             stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, HAS_G_IDX, BLOCK_K, BLOCK_N,
+                             a.dtype)
+        return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)
+    if A_GROUP > 0 or GROUP_K > 0:  # 128x128 blocks: scale each block's dot before summing
+        part = tl.dot(a, w)
+        if A_GROUP > 0:
+            part = part * a_block_scale[:, None]
+        if GROUP_K > 0:
+            part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N, GROUP_K)[None, :]
+        return acc + part
+    return tl.dot(a, w, acc)
+
+
+@triton.jit
+def _act_factor(xs_ptr, a_rows, row_ok, stride_xsm, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr):
+    """The activations' scale applied once to the accumulator ([BLOCK_M, 1] or scalar)."""
+    if A_QUANT == 0 or A_GROUP > 0:
+        return 1.0
+    elif A_GROUP == -1:
+        return tl.load(xs_ptr)
+    else:
+        return tl.load(xs_ptr + a_rows * stride_xsm, mask=row_ok, other=0.0)[:, None]
+
+
+@triton.jit
+def _gemm1_quant(
+    x_ptr, xs_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, out_ptr, out_scale_ptr,
+    sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, top_k, K, I, NUM_BLOCKS_M,
+    stride_xm, stride_xsm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
+    stride_be, stride_bn, stride_om, stride_osm,
+    alpha, limit,
+    ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
+    HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
+    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    tokens = (pairs // top_k).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    if INTERLEAVED:
+        gate_rows, up_rows = 2 * cols, 2 * cols + 1
+    else:
+        gate_rows, up_rows = cols, cols + I
+    w_base = w_ptr + expert * stride_we
+    s_base = ws_ptr + expert * stride_se
+    z_base = wz_ptr + expert * stride_se
+    g_base = wg_ptr + expert * stride_ge
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + tokens[:, None] * stride_xm + ks[None, :]
+    if A_QUANT == 2:
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k0 = k * BLOCK_K
+        a = as_codes(tl.load(a_ptrs, mask=row_ok[:, None] & (ks < K - k0)[None, :], other=0), A_QUANT == 1)
+        if A_GROUP > 0:
+            a_block_scale = tl.load(xs_ptr + tokens * stride_xsm + k0 // A_GROUP, mask=row_ok, other=0.0)
+        acc_g = _mma(acc_g, a, a_block_scale, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
+                     stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
+                     HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+        if GATED:
+            acc_u = _mma(acc_u, a, a_block_scale, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
+                         stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
+                         HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+        a_ptrs += BLOCK_K
+    a_factor = _act_factor(xs_ptr, tokens, row_ok, stride_xsm, A_QUANT, A_GROUP)
+    gs_ptr = wgs_ptr + expert
+    gate = acc_g.to(tl.float32) * a_factor * row_weight_factor(s_base, gs_ptr, gate_rows, col_ok, stride_sn, SFMT,
+                                                               GROUP_N, GROUP_K, HAS_GLOBAL)
+    up = acc_u.to(tl.float32)
+    if GATED:
+        up = up * a_factor * row_weight_factor(s_base, gs_ptr, up_rows, col_ok, stride_sn, SFMT, GROUP_N, GROUP_K,
+                                               HAS_GLOBAL)
+    if HAS_BIAS:
+        b_base = bias_ptr + expert * stride_be
+        gate += tl.load(b_base + gate_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            up += tl.load(b_base + up_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    h = _activate(gate, up, alpha, limit, ACT)
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    if OUT_QUANT > 0:  # this tile is one scale group of gemm2's input: quantize it here
+        QMAX: tl.constexpr = FP8_MAX if OUT_QUANT == 1 else INT8_MAX
+        h = tl.where(col_ok[None, :], h, 0.0)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(h), 1), QMAX), 1e-12)
+        tl.store(out_scale_ptr + rows.to(tl.int64) * stride_osm + pid_n, scale)
+        codes = quantize_values(h, scale[:, None], OUT_QUANT == 1)
+        if OUT_QUANT == 1:
+            codes = codes.to(tl.uint8, bitcast=True)
+        tl.store(out_ptrs, codes, mask=col_ok[None, :])
+    else:
+        tl.store(out_ptrs, h.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+
+
+@triton.jit
+def _gemm2_quant(
+    a_ptr, as_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, weight_ptr, out_ptr,
+    sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, N, K, NUM_BLOCKS_M,
+    stride_am, stride_asm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
+    stride_be, stride_bn, stride_om,
+    HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
+    HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
+    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    arows = rows.to(tl.int64)  # the input is stored by aligned row (padding rows finite, never stored)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    w_base = w_ptr + expert * stride_we
+    s_base = ws_ptr + expert * stride_se
+    z_base = wz_ptr + expert * stride_se
+    g_base = wg_ptr + expert * stride_ge
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + arows[:, None] * stride_am + ks[None, :]
+    if A_QUANT == 2:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    all_rows = rows >= 0
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k0 = k * BLOCK_K
+        a = as_codes(tl.load(a_ptrs, mask=(ks < K - k0)[None, :], other=0), A_QUANT == 1)
+        if A_GROUP > 0:
+            a_block_scale = tl.load(as_ptr + arows * stride_asm + k0 // A_GROUP)
+        acc = _mma(acc, a, a_block_scale, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
+                   stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
+                   HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+        a_ptrs += BLOCK_K
+    y = acc.to(tl.float32) * _act_factor(as_ptr, arows, all_rows, stride_asm, A_QUANT, A_GROUP)
+    y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, SFMT, GROUP_N, GROUP_K, HAS_GLOBAL)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + expert * stride_be + cols * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    y *= tl.load(weight_ptr + pairs, mask=row_ok, other=0.0)[:, None]
+    out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """fp8 tensors go to the kernels as their bytes (see quant_tiles.as_codes)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def _weight_args(m: QuantizedMatrix):
+    """Pointers and strides of a quantized matrix; absent tensors point at the codes (never read:
+    their constexpr flag is off). Zero points share the scales' shape and are made to share their
+    strides."""
+    scale = m.scale.contiguous()
+    if scale.dtype == torch.float8_e4m3fn:
+        scale = scale.view(torch.uint8)  # decoded from its bits in the kernel
+    zero = m.zero.contiguous() if m.zero is not None else m.data
+    g_idx = m.g_idx.contiguous() if m.g_idx is not None else m.data
+    gscale = m.global_scale if m.global_scale is not None else scale
+    return (_bytes(m.data), scale, zero, g_idx, gscale), (scale.stride(0), scale.stride(1), scale.stride(2),
+                                                  g_idx.stride(0) if m.g_idx is not None else 0)
+
+
+def _weight_constexprs(spec: QuantSpec, m: QuantizedMatrix) -> dict:
+    return dict(WFMT=WFMT[spec.weight], SFMT=SFMT[spec.scale_format], GROUP_N=spec.group_n, GROUP_K=spec.group_k,
+                HAS_ZERO=m.zero is not None, HAS_G_IDX=m.g_idx is not None and spec.group_k > 0,
+                HAS_GLOBAL=m.global_scale is not None)
+
+
+def _act_group(spec: QuantSpec) -> int:
+    return -1 if spec.act_group == ACT_PER_TENSOR else spec.act_group
+
+
+def quant_block_k(spec: QuantSpec, block_k: int) -> int:
+    """K-blocked w8a8 scales need BLOCK_K to divide the block (128): a larger tile is cut down."""
+    if not spec.weight_only and (spec.act_group > 0 or spec.group_k > 0):
+        return min(block_k, spec.act_group if spec.act_group > 0 else spec.group_k)
+    return block_k
+
+
+def fuses_output_quant(spec: QuantSpec, inter: int, block_n: int) -> bool:
+    """Whether gemm1 can quantize its own output for gemm2: one output tile is one scale group."""
+    if spec.weight_only or spec.act_group == ACT_PER_TENSOR:
+        return False
+    if spec.act_group == ACT_PER_TOKEN:
+        return block_n >= inter
+    return block_n == spec.act_group
+
+
+def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs, top_k: int,
+                       activation: Activation, gate_up_layout: GateUpLayout, g: GemmTiles, spec: QuantSpec,
+                       a_scale: torch.Tensor | None = None):
+    """gemm1 on quantized w13 (logical [E, 2I, H]). ``x`` is [T, H] in the layer dtype (quantized
+    here for w8a8, with the static ``a_scale`` where the scheme has one) or already a
+    ``QuantizedRows``. Returns the activated rows [rows, I]: layer dtype, or for w8a8 with a
+    fusable tile already quantized for gemm2 (``QuantizedRows``)."""
+    w8a8 = not spec.weight_only
+    if w8a8 and not isinstance(x, QuantizedRows):
+        x = quantize_rows(x, spec, a_scale)
+    x_codes, x_scale = (_bytes(x.codes), x.scale) if w8a8 else (x, x)
+    if x_codes.stride(1) != 1:
+        x_codes = x_codes.contiguous()
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden = x_codes.shape[1]
+    inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
+    block_k = quant_block_k(spec, g.block_k)
+    out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
+    layer_dtype = torch.float32 if w8a8 else x_codes.dtype
+    if out_quant:
+        out = QuantizedRows(torch.empty(rows, inter, dtype=code_dtype(spec), device=x_codes.device),
+                            torch.empty(rows, scale_columns(spec, inter), dtype=torch.float32, device=x_codes.device))
+        out_t, out_s = _bytes(out.codes), out.scale
+    else:
+        out = out_t = torch.empty(rows, inter, dtype=layer_dtype, device=x_codes.device)
+        out_s = out_t
+    bias = w13_bias if w13_bias is not None else x_codes
+    (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w13)
+    LAST_COMPILED["gemm1"] = launch(
+        _gemm1_quant, (rows // block_m * cdiv(inter, g.block_n),),
+        (x_codes, x_scale, data, scale, zero, g_idx, gscale, bias, out_t, out_s,
+         aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+         x_codes.shape[0] * top_k, top_k, hidden, inter, rows // block_m,
+         x_codes.stride(0), x_scale.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, sge,
+         bias.stride(0), bias.stride(-1), out_t.stride(0), out_s.stride(0), activation.alpha, activation.limit),
+        dict(ACT=ACT_CODE[activation.kind], GATED=activation.gated,
+             INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
+             **_weight_constexprs(spec, w13), A_QUANT=AQUANT[spec.act], A_GROUP=_act_group(spec),
+             OUT_QUANT=AQUANT[spec.act] if out_quant else 0, DOT_PRECISION=_precision(x_codes.dtype),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m),
+        g.num_warps, g.num_stages)
+    return out
+
+
+def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, aligned: AlignedPairs,
+                       out_rows: torch.Tensor, g: GemmTiles, spec: QuantSpec, a_scale: torch.Tensor | None = None):
+    """gemm2 on quantized w2 (logical [E, H, I]) into out_rows[pair]. ``activated`` is gemm1's
+    output: float rows (quantized here for w8a8, real rows only) or ``QuantizedRows``."""
+    if not spec.weight_only and not isinstance(activated, QuantizedRows):
+        activated = quantize_rows(activated, spec, a_scale,
+                                  RowMap(aligned.sorted_pairs, aligned.num_rows, topk_weights.numel()))
+    a, a_scale_t = (_bytes(activated.codes), activated.scale) if isinstance(activated, QuantizedRows) \
+        else (activated, activated)
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden = w2.data.shape[1]
+    inter = a.shape[1]
+    bias = w2_bias if w2_bias is not None else out_rows
+    (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w2)
+    LAST_COMPILED["gemm2"] = launch(
+        _gemm2_quant, (rows // block_m * cdiv(hidden, g.block_n),),
+        (a, a_scale_t, data, scale, zero, g_idx, gscale, bias, topk_weights.reshape(-1), out_rows,
+         aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
+         topk_weights.numel(), hidden, inter, rows // block_m,
+         a.stride(0), a_scale_t.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, sge,
+         bias.stride(0), bias.stride(-1), out_rows.stride(0)),
+        dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
+             A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=quant_block_k(spec, g.block_k), GROUP_M=g.group_m),
+        g.num_warps, g.num_stages)
+    return out_rows
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 exact (tests); ignored for 16/8-bit dots

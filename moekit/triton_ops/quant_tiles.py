@@ -1,0 +1,132 @@
+"""Weight tiles of quantized expert matrices (moekit's layout, quant/spec.py) inside the GEMM loop,
+and the scale factors around the dot. Codes of the format constants:
+
+    WFMT: 0 fp8 e4m3, 1 int8, 2 uint4 (packed), 3 e2m1 (packed)
+    SFMT: 0 fp32, 1 e8m0 (bytes), 2 e4m3 (bytes: decoded from bits, no fp8 instruction)
+
+Weight-only schemes dequantize a tile to the activations' dtype before the dot: codes minus the
+zero point, times the group scale. Factors shared by a whole output row (a scale spanning K, the
+nvfp4 global scale) are left to the epilogue, on the accumulator. w8a8 schemes feed the raw fp8 /
+int8 codes to the dot; their scales multiply the dot's result per K block (128x128 blocks) or the
+accumulator once (per tensor, per channel).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moekit.triton_ops.quant_formats import e2m1_values, e4m3_values, e8m0_values, unpack_nibbles_nk
+
+UINT4_MIDPOINT = tl.constexpr(8.0)  # symmetric int4 codes store q + 8
+
+
+@triton.jit
+def scale_values(raw, SFMT: tl.constexpr):
+    if SFMT == 0:
+        return raw.to(tl.float32)
+    elif SFMT == 1:
+        return e8m0_values(raw.to(tl.int32))
+    else:
+        return e4m3_values(raw.to(tl.int32))
+
+
+@triton.jit
+def _minus_zero(w, z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
+    if HAS_ZERO:
+        return w - tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+    elif WFMT == 2:
+        return w - UINT4_MIDPOINT
+    else:
+        return w
+
+
+@triton.jit
+def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
+                     stride_dn, stride_dk, stride_sn, stride_sk,
+                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+                     HAS_G_IDX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                     DOT_DTYPE: tl.constexpr):
+    """Weight-only: the [BLOCK_K, BLOCK_N] tile (input columns k0.., weight rows ``rows``) as
+    DOT_DTYPE values. Built as [BLOCK_N, BLOCK_K] (K contiguous in memory, where the two nibbles of
+    a byte are neighbours) and transposed at the end. Columns past K come out finite; the
+    activations there are zero."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    k_ok = ks < K
+    if WFMT >= 2:
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(d_ptr + rows[:, None] * stride_dn + kb[None, :] * stride_dk,
+                         mask=row_ok[:, None] & (kb < K // 2)[None, :], other=0)
+        codes = unpack_nibbles_nk(packed.to(tl.int32))
+    else:
+        codes = tl.load(d_ptr + rows[:, None] * stride_dn + ks[None, :] * stride_dk,
+                        mask=row_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
+    if WFMT == 3:
+        w = e2m1_values(codes)
+    else:
+        w = codes.to(tl.float32)
+    if GROUP_K == 0:  # one group spans K: the zero point per row here, the scale in the epilogue
+        w = _minus_zero(w, z_ptr + rows[:, None] * stride_sn, row_ok[:, None], WFMT, HAS_ZERO)
+    elif HAS_G_IDX:  # act-order: each column's group from g_idx
+        groups = tl.load(g_ptr + ks, mask=k_ok, other=0)
+        offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
+        ok = row_ok[:, None] & k_ok[None, :]
+        w = _minus_zero(w, z_ptr + offs, ok, WFMT, HAS_ZERO)
+        w = w * scale_values(tl.load(s_ptr + offs, mask=ok, other=0), SFMT)
+    elif GROUP_K % BLOCK_K == 0:  # the tile lies in one group: one scale per row
+        offs = rows[:, None] * stride_sn + (k0 // GROUP_K) * stride_sk
+        w = _minus_zero(w, z_ptr + offs, row_ok[:, None], WFMT, HAS_ZERO)
+        w = w * scale_values(tl.load(s_ptr + offs, mask=row_ok[:, None], other=0), SFMT)
+    else:  # BLOCK_K / GROUP_K groups per tile: load each group's scale once, broadcast it
+        NUM_GROUPS: tl.constexpr = BLOCK_K // GROUP_K
+        groups = k0 // GROUP_K + tl.arange(0, NUM_GROUPS)
+        offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
+        ok = row_ok[:, None] & (groups * GROUP_K < K)[None, :]
+        w3 = tl.reshape(w, (BLOCK_N, NUM_GROUPS, GROUP_K))
+        if HAS_ZERO:
+            w3 = w3 - tl.load(z_ptr + offs, mask=ok, other=0).to(tl.float32)[:, :, None]
+        elif WFMT == 2:
+            w3 = w3 - UINT4_MIDPOINT
+        w3 = w3 * scale_values(tl.load(s_ptr + offs, mask=ok, other=0), SFMT)[:, :, None]
+        w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+    return tl.trans(w.to(DOT_DTYPE))
+
+
+@triton.jit
+def as_codes(raw, IS_FP8: tl.constexpr):
+    """fp8 codes travel as bytes (a masked fp8 load cannot take other=0 in the interpreter)."""
+    if IS_FP8:
+        return raw.to(tl.float8e4nv, bitcast=True)
+    else:
+        return raw
+
+
+@triton.jit
+def code_tile(d_ptr, rows, row_ok, k_ok, k0, stride_dn, stride_dk, WFMT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """w8a8: the raw fp8 / int8 codes [BLOCK_K, BLOCK_N] (K-major, as fp8 wgmma wants them)."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    raw = tl.load(d_ptr + ks[:, None] * stride_dk + rows[None, :] * stride_dn,
+                  mask=k_ok[:, None] & row_ok[None, :], other=0)
+    return as_codes(raw, WFMT == 0)
+
+
+@triton.jit
+def block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr):
+    """w8a8 with K-blocked weight scales: the [BLOCK_N] scales of the block holding column k0."""
+    return tl.load(s_ptr + (rows // GROUP_N) * stride_sn + (k0 // GROUP_K) * stride_sk, mask=row_ok, other=0.0)
+
+
+@triton.jit
+def row_weight_factor(s_ptr, gs_ptr, rows, row_ok, stride_sn,
+                      SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr):
+    """The weight factor applied once to the accumulator, [1, BLOCK_N]: a scale that spans K (per
+    tensor or per output row), times the global scale (nvfp4). 1 where the scales were K-grouped."""
+    f = tl.full((1, rows.shape[0]), 1.0, tl.float32)
+    if GROUP_K == 0:
+        if GROUP_N == 0:
+            f = f * scale_values(tl.load(s_ptr), SFMT)
+        else:
+            f = f * scale_values(tl.load(s_ptr + (rows // GROUP_N) * stride_sn, mask=row_ok, other=0), SFMT)[None, :]
+    if HAS_GLOBAL:
+        f = f * tl.load(gs_ptr)
+    return f
