@@ -46,7 +46,7 @@ def _unquantized_row(cell: Cell, backend: str | None, dtype: str, notes) -> list
     v = cell.variants.get(MOEKIT)
     pct = cell.pct_of_floor(MOEKIT)
     return [tokens, Text(dtype), Text(backend or "-"), _megabytes(cell.floor), _floor(cell.floor),
-            _time(v, MOEKIT, cell.tokens, notes), _pct(pct), Text("1.00×", style="dim"), _rel(v), Text("1e-2"),
+            _time(v, MOEKIT, cell.tokens, notes), _pct(pct), Text("1.00×", style="dim"), _rel(v), Text("0.01"),
             _pass(v is not None and bool(v.passed), v, MOEKIT, cell.tokens, notes)]
 
 
