@@ -69,7 +69,8 @@ def round_to_e4m3(x):
     exp = tl.maximum(exp, -6)
     ulp = ((exp - 3 + 127) << 23).to(tl.float32, bitcast=True)
     inv_ulp = ((127 - exp + 3) << 23).to(tl.float32, bitcast=True)
-    return round_half_even(x * inv_ulp) * ulp
+    r = round_half_even(x * inv_ulp) * ulp
+    return tl.where(r == 0.0, x * 0.0, r)  # keep the sign of a zero (torch's cast gives -0.0)
 
 
 @triton.jit

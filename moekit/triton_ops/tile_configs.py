@@ -116,6 +116,8 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     rows_per_expert = num_tokens * key.top_k / key.num_experts
     if key.dtype == torch.float32:  # the interpreter, or fp32 on a GPU: modest tiles
         return ExpertsTiles(16, GemmTiles(32, 32), GemmTiles(32, 32))
+    if key.quant != "none":
+        return _default_quant_tiles(key.quant, rows_per_expert)
     if rows_per_expert <= 16:
         return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(64, 128, 1, 4, 4))
     if rows_per_expert <= 48:
@@ -123,3 +125,30 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     if rows_per_expert <= 160:
         return ExpertsTiles(64, GemmTiles(64, 64, 8, 4, 4), GemmTiles(128, 64, 8, 4, 4))
     return ExpertsTiles(128, GemmTiles(64, 64, 8, 8, 4), GemmTiles(128, 64, 8, 8, 4))
+
+
+def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
+    """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles).
+
+    Decode streams the weights: 4-bit codes hold half the bytes of 8-bit ones per tile, so 4-bit
+    tiles are narrower (more programs in flight) and deeper in K (BLOCK_K 256 = one 128-byte line
+    per weight row and step). Weight-only prefill keeps the bf16 shapes with BLOCK_K 128 (the
+    dequantization is paid once per weight tile, shared by BLOCK_M rows). w8a8 prefill runs fp8 /
+    int8 tensor cores with 128-wide K steps; gemm1's BLOCK_N 128 is one 128-column activation group,
+    so fp8-block128 quantizes gemm2's input in gemm1's epilogue."""
+    from moekit.quant.registry import method_for
+
+    spec = method_for(scheme).spec
+    if rows_per_expert <= 16:
+        if spec.weight.packed:
+            return ExpertsTiles(16, GemmTiles(16, 256, 1, 4, 4), GemmTiles(32, 256, 1, 4, 4))
+        return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(32, 128, 1, 4, 4))
+    if rows_per_expert <= 48:
+        return ExpertsTiles(32, GemmTiles(64, 128, 1, 4, 3), GemmTiles(64, 128, 1, 4, 3))
+    if spec.weight_only:
+        if rows_per_expert <= 160:
+            return ExpertsTiles(64, GemmTiles(64, 128, 8, 4, 3), GemmTiles(128, 128, 8, 4, 3))
+        return ExpertsTiles(128, GemmTiles(64, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
+    if rows_per_expert <= 160:
+        return ExpertsTiles(64, GemmTiles(128, 128, 8, 8, 3), GemmTiles(128, 128, 8, 4, 3))
+    return ExpertsTiles(128, GemmTiles(128, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))

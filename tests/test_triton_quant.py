@@ -1,0 +1,248 @@
+"""The Triton experts kernels on quantized weights, in Triton's CPU interpreter (fp32 and fp16: bf16
+dots are wrong there, docs/facts.md), against the reference backend on the same quantized weights.
+
+Weight-only schemes: the same dequantized weights, so fp32 agrees to rounding. w8a8 schemes: the
+reference fake-quantizes the activations as the kernels quantize them (per tensor over all tokens,
+gemm2's input over the real pairs' rows only). The kernels round onto the fp8 grid in fp32
+arithmetic before the (then exact) cast, so the interpreter's own fp8 rounding never enters and
+the codes equal torch's bit for bit (checked directly in the activation-quant tests)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import moekit
+from moekit.activations import GateUpLayout, parse_activation
+from moekit.experts import ExpertWeights, ReferenceExperts, TritonExperts
+from moekit.hardware import Environment
+from moekit.problem import MoEProblem
+from moekit.quant import METHODS, QuantizedMatrix
+from moekit.quant.dequant import quantize_activations
+from moekit.tolerance import relative_error
+from moekit.triton_ops import activation_quant
+from moekit.triton_ops.activation_quant import RowMap, quantize_rows
+from moekit.triton_ops.align import align_pairs_by_expert
+from moekit.triton_ops.experts_kernels import fused_experts
+from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles
+
+SCHEMES = sorted(METHODS)
+W8A8 = [s for s in SCHEMES if not METHODS[s].spec.weight_only]
+# Row block 16; gemm1 K steps of 64 (2 or 4 groups of 32/16 per step, or one step inside a group of
+# 64/128); gemm2 a narrower K step.
+TILES = ExpertsTiles(16, GemmTiles(32, 64, 2), GemmTiles(32, 32, 1))
+
+
+def tolerance(scheme: str) -> float:
+    """fp32: weight-only agrees to rounding (~4e-7 measured); w8a8 too, unless an fp32 sum lands on
+    an fp8/int8 rounding boundary and one code moves by a step (far below 1e-3)."""
+    return 1e-3
+
+
+@dataclasses.dataclass
+class Case:
+    x: torch.Tensor
+    topk_weights: torch.Tensor
+    topk_ids: torch.Tensor
+    weights: ExpertWeights
+    activation: object
+    layout: GateUpLayout
+
+
+def make_case(scheme, tokens=13, experts=5, top_k=2, hidden=128, inter=128, *, dtype=torch.float32,
+              activation="silu", layout=GateUpLayout.CONCATENATED, bias=False, empty_experts=1,
+              g_idx=False) -> Case:
+    """Random float weights quantized with ``scheme``; the last ``empty_experts`` experts get no tokens."""
+    method = METHODS[scheme]
+    act = parse_activation(activation)
+    rows = 2 * inter if act.gated else inter
+    x = torch.randn(tokens, hidden).to(dtype)
+    w13 = method.quantize(torch.randn(experts, rows, hidden) / hidden**0.5)
+    w2 = method.quantize(torch.randn(experts, hidden, inter) / inter**0.5)
+    if g_idx:
+        w13, w2 = with_act_order(w13, method.spec), with_act_order(w2, method.spec)
+    logits = torch.randn(tokens, experts)
+    if empty_experts:
+        logits[:, experts - empty_experts:] = -1e4
+    topk_weights, topk_ids = moekit.route(logits, top_k)
+    b13 = (0.1 * torch.randn(experts, rows)).to(dtype) if bias else None
+    b2 = (0.1 * torch.randn(experts, hidden)).to(dtype) if bias else None
+    static = method.spec.act_static
+    a13 = (x.float().abs().max() / 448 * 1.1).reshape(()) if static else None
+    a2 = torch.tensor(0.002) if static else None  # small: some of gemm2's inputs saturate
+    weights = ExpertWeights(w13, w2, b13, b2, quant=method.spec, a13_scale=a13, a2_scale=a2)
+    return Case(x, topk_weights, topk_ids, weights, act, layout)
+
+
+def with_act_order(m: QuantizedMatrix, spec) -> QuantizedMatrix:
+    """GPTQ act-order: column k takes its scale (and zero point) from group g_idx[k], a random
+    permutation's group rather than k // group."""
+    e, k = m.data.shape[0], m.data.shape[2] * (2 if spec.weight.packed else 1)
+    g_idx = torch.stack([torch.randperm(k) // spec.group_k for _ in range(e)]).to(torch.int32)
+    return dataclasses.replace(m, g_idx=g_idx)
+
+
+def reference(case: Case, ids=None, topk_weights=None) -> torch.Tensor:
+    return ReferenceExperts().apply(case.x, case.topk_weights if topk_weights is None else topk_weights,
+                                    case.topk_ids if ids is None else ids, case.weights, case.activation,
+                                    case.layout)
+
+
+def triton_out(case: Case, tiles=TILES, ids=None) -> torch.Tensor:
+    w = case.weights
+    poisoned = torch.full_like(case.x, float("nan"))
+    out = fused_experts(case.x, w.w13, w.w2, case.topk_weights, case.topk_ids if ids is None else ids,
+                        case.activation, case.layout, tiles, w.w13_bias, w.w2_bias, out=poisoned, quant=w.quant,
+                        a13_scale=w.a13_scale, a2_scale=w.a2_scale)
+    assert out.data_ptr() == poisoned.data_ptr()
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) or non-finite output elements"
+    return out
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_matches_reference(scheme):
+    # Biases, an expert with no tokens, 13 tokens (rows not a multiple of the row block), E = 5;
+    # every other scheme takes gpt-oss's interleaved gate/up and clamped SwiGLU.
+    odd = SCHEMES.index(scheme) % 2
+    case = make_case(scheme, bias=True, activation="swigluoai" if odd else "silu",
+                     layout=GateUpLayout.INTERLEAVED if odd else GateUpLayout.CONCATENATED)
+    assert relative_error(triton_out(case), reference(case).double()) <= tolerance(scheme)
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-g32-asym", "w8a16-g64-asym", "w4a16-g128"])
+def test_act_order_g_idx(scheme):
+    case = make_case(scheme, tokens=9, g_idx=True)
+    assert case.weights.w13.g_idx is not None
+    assert relative_error(triton_out(case), reference(case).double()) <= 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["mxfp4", "w4a16-ch-asym", "fp8-per-tensor", "int8-w8a8"])
+def test_one_token_top_1(scheme):
+    # top_k = 1: gemm2 writes the token's row itself.
+    case = make_case(scheme, tokens=1, experts=3, top_k=1, empty_experts=0)
+    assert relative_error(triton_out(case), reference(case).double()) <= tolerance(scheme)
+
+
+@pytest.mark.parametrize("scheme", ["nvfp4", "fp8-per-tensor", "fp8-block128"])
+def test_out_of_range_ids_contribute_nothing(scheme):
+    case = make_case(scheme, tokens=20, experts=6, top_k=3, empty_experts=0)
+    bad = torch.rand(case.topk_ids.shape) < 0.3
+    bad_values = torch.tensor([-1, 6, 7, 10**6], dtype=torch.int32)[torch.randint(0, 4, case.topk_ids.shape)]
+    ids = torch.where(bad, bad_values, case.topk_ids)
+    # The reference skips out-of-range pairs too (and leaves them out of gemm2's per-tensor scale).
+    ref = reference(case, ids=ids)
+    assert bad.any()
+    assert relative_error(triton_out(case, ids=ids), ref.double()) <= tolerance(scheme)
+
+
+@pytest.mark.parametrize("scheme,gemm1", [
+    ("fp8-block128", GemmTiles(128, 64, 1)),  # one gemm1 tile = one 128-column group (partial: I = 192)
+    ("fp8-per-channel", GemmTiles(64, 32, 1)),  # one gemm1 tile spans I: per-row scales in the epilogue
+    ("int8-w8a8", GemmTiles(64, 32, 1)),
+])
+def test_gemm2_input_quantized_in_gemm1_epilogue(scheme, gemm1):
+    from moekit.triton_ops.quant_gemm import fuses_output_quant
+
+    inter = 192 if scheme == "fp8-block128" else 64
+    case = make_case(scheme, tokens=11, hidden=160, inter=inter, bias=True)  # K = 160: a partial 128 block
+    assert fuses_output_quant(case.weights.quant, inter, gemm1.block_n)
+    out = triton_out(case, ExpertsTiles(16, gemm1, GemmTiles(32, 64, 1)))
+    assert relative_error(out, reference(case).double()) <= 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-g64", "fp8-per-tensor", "int8-w8a8"])
+def test_ungated_relu2(scheme):
+    case = make_case(scheme, tokens=10, activation="relu2", bias=True)
+    assert relative_error(triton_out(case), reference(case).double()) <= tolerance(scheme)
+
+
+@pytest.mark.parametrize("scheme", ["mxfp4", "w4a16-g32-asym", "w8a16-ch"])
+def test_fp16_default_tiles_through_apply(scheme):
+    # tiles=None: the default heuristic for a quantized key (decode tiles, BLOCK_K past H).
+    case = make_case(scheme, tokens=6, dtype=torch.float16, bias=True)
+    out = TritonExperts().apply(case.x, case.topk_weights, case.topk_ids, case.weights, case.activation, case.layout)
+    assert out.dtype == torch.float16
+    assert relative_error(out, reference(case).double()) <= 1e-2  # fp16 weights, activations and rows
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-g128-asym", "fp8-block128"])
+def test_layer_with_triton_backend_matches_reference_layer(scheme):
+    layer = moekit.MoE(6, 2, 128, 128, quant=scheme, dtype=torch.float32, device="cpu", backend="triton",
+                       expert_bias=True)
+    ref = moekit.MoE(6, 2, 128, 128, quant=scheme, dtype=torch.float32, device="cpu", expert_bias=True)
+    ref.load_state_dict(layer.state_dict())
+    assert layer.explain().backend == "triton" and ref.explain().backend == "reference"
+    x = torch.randn(7, 128)
+    with torch.no_grad():
+        assert relative_error(layer(x), ref(x).double()) <= 1e-3
+
+
+# -- activation quantization ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("one_program", [True, False])
+@pytest.mark.parametrize("scheme", W8A8)
+def test_activation_quant_matches_quantize_activations(scheme, one_program, monkeypatch):
+    if not one_program:  # per tensor: the atomic maximum over many programs instead of one program
+        monkeypatch.setattr(activation_quant, "ONE_PROGRAM_MAX_ELEMENTS", 0)
+    spec = METHODS[scheme].spec
+    x = torch.randn(37, 200) * torch.logspace(-3, 1, 200)  # partial last 128-group; fp8 subnormals
+    x[3, 199], x[3, 7], x[3, 8] = 127.0, 2.5, -3.5  # int8 per row: scale 1, two exact ties (-> 2, -4)
+    static = torch.tensor(0.004) if spec.act_static else None  # saturates the largest values
+    q = quantize_rows(x, spec, static)
+    codes, scale = quantize_activations(x, spec, static)
+    assert torch.equal(q.codes.view(torch.uint8), codes.view(torch.uint8))  # bit for bit (fp8: -0.0 too)
+    assert torch.equal(q.scale.reshape(scale.shape), scale)
+
+
+@pytest.mark.parametrize("scheme", ["fp8-per-tensor", "fp8-block128", "int8-w8a8"])
+def test_activation_quant_skips_padding_rows(scheme):
+    # gemm2's input in the expert alignment: padding rows hold garbage that must not reach a
+    # per-tensor maximum, and get zero codes.
+    spec = METHODS[scheme].spec
+    ids = torch.tensor([[0, 2], [2, 1], [0, 2]], dtype=torch.int32)
+    aligned = align_pairs_by_expert(ids, 3, 16)
+    rows = aligned.sorted_pairs.numel()
+    x = torch.randn(rows, 96)
+    real = (aligned.sorted_pairs < ids.numel()) & (torch.arange(rows) < aligned.num_rows)
+    x[~real] = 1e4
+    q = quantize_rows(x, spec, row_map=RowMap(aligned.sorted_pairs, aligned.num_rows, ids.numel()))
+    codes, scale = quantize_activations(x[real], spec)
+    assert torch.equal(q.codes[real].view(torch.uint8), codes.view(torch.uint8))
+    assert torch.equal(q.scale.reshape(-1) if spec.act_group < 0 else q.scale[real], scale.reshape(-1) if
+                       spec.act_group < 0 else scale)
+    in_use = torch.arange(rows) < aligned.num_rows
+    assert (q.codes[in_use & ~real].float() == 0).all()
+
+
+# -- capabilities and tiles -----------------------------------------------------------------------
+
+def _problem(scheme):
+    return MoEProblem(8, 2, 128, 128, torch.bfloat16, "cuda", parse_activation("silu"), quant=scheme)
+
+
+def _env(capability):
+    return Environment(True, "GPU", capability, True, None)
+
+
+@pytest.mark.parametrize("scheme", sorted(moekit.quant.KNOWN_SCHEMES))
+def test_every_scheme_served_on_hopper_and_fp8_refused_on_ampere(scheme):
+    assert TritonExperts.supports(_problem(scheme), _env((9, 0))) == (True, "supported")
+    ok, reason = TritonExperts.supports(_problem(scheme), _env((8, 0)))
+    fp8 = scheme.startswith("fp8")
+    assert ok is not fp8
+    if fp8:
+        assert "fp8 tensor-core dots" in reason and "8.9" in reason and "8.0" in reason
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("tokens", [1, 16, 256, 4096, 16384])
+def test_default_quant_tiles_are_sound(scheme, tokens):
+    spec = METHODS[scheme].spec
+    tiles = default_tiles(TableKey("Some GPU", 128, 8, 2048, 768, torch.bfloat16, True, scheme), tokens)
+    for g in (tiles.gemm1, tiles.gemm2):
+        assert g.block_k >= 32 and g.block_n >= 16  # fp8 / int8 dots take K steps of 32
+        if not spec.weight_only and spec.act_group > 0:
+            assert 128 % g.block_k == 0
+    if tokens == 1 and spec.weight.packed:  # decode: narrower 4-bit tiles than bf16's
+        bf16 = default_tiles(TableKey("Some GPU", 128, 8, 2048, 768, torch.bfloat16), tokens)
+        assert tiles.gemm1.block_n < bf16.gemm1.block_n
