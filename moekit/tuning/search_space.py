@@ -1,10 +1,17 @@
 """The tile candidates ``moekit tune`` times: per row block (block_m), per GEMM, kept small enough
-that a shape tunes in about a minute on a Hopper GPU, and filtered by shared memory."""
+that a shape tunes in about a minute on a Hopper GPU, and filtered by shared memory.
+
+Quantized weights (``quant``) change the space: a program's weight tile is 1 byte per element (fp8,
+int8) or half a byte (4-bit codes), so at decode, where the weights stream and each program's bytes
+set its time, 4-bit schemes also try block_k 1024 (and block_n down to 16); the shared-memory filter
+counts the packed bytes; block_k must tile the scheme's K groups; TMA is not tried (descriptors
+for packed codes are the kernel's business, not the tuner's)."""
 
 from __future__ import annotations
 
 import itertools
 
+from moekit.quant.spec import QuantSpec
 from moekit.triton_ops.tile_configs import GemmTiles
 
 SHARED_MEMORY_BYTES = 227 * 1024  # per block on Hopper
@@ -25,18 +32,44 @@ def block_m_candidates(num_tokens: int, top_k: int, num_experts: int) -> list[in
     return [128]
 
 
-def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2) -> list[GemmTiles]:
-    """gemm1 (gated: two weight tiles per step) or gemm2 tiles for a row block."""
+def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2, quant: QuantSpec | None = None) -> list[GemmTiles]:
+    """gemm1 (gated: two weight tiles per step) or gemm2 tiles for a row block; ``elem_bytes`` is the
+    activations' element size (the weights' too unless ``quant`` is given)."""
+    if quant is not None:
+        return quantized_gemm_candidates(block_m, gated, elem_bytes, quant)
     if block_m <= 32:  # decode: stream weights, deep pipelines, N narrow enough to fill every SM
         space = itertools.product([16, 32, 64], [128, 256, 512], [1], [2, 4], [4, 6], [False])
     elif block_m == 64:
         space = itertools.product([64, 128], [64, 128], [8], [4, 8], [3, 4], [False, True])
     else:  # prefill: compute bound, big tiles; weights by TMA or by pointers
         space = itertools.product([64, 128, 256], [64, 128], [8], [4, 8], [3, 4], [False, True])
-    tiles = [GemmTiles(*values) for values in space]
+    return _fitting([GemmTiles(*values) for values in space], block_m, gated, elem_bytes, elem_bytes)
+
+
+def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant: QuantSpec) -> list[GemmTiles]:
+    weight_bytes = quant.weight_bits() / 8
+    act_bytes = elem_bytes if quant.weight_only else 1  # w8a8: the kernel's A tile is fp8/int8
+    if block_m <= 32:
+        # Decode: per program, packed bytes halve (4-bit): longer K steps keep as many bytes in flight.
+        block_k = [128, 256, 512, 1024] if quant.weight.packed else [128, 256, 512]
+        space = itertools.product([16, 32, 64], block_k, [1], [2, 4], [4, 6], [False])
+    elif block_m == 64:
+        space = itertools.product([64, 128], [64, 128, 256], [8], [4, 8], [3, 4], [False])
+    else:
+        space = itertools.product([64, 128, 256], [64, 128, 256], [8], [4, 8], [3, 4], [False])
+    tiles = [t for t in (GemmTiles(*values) for values in space) if tiles_k_groups(t.block_k, quant.group_k)]
+    return _fitting(tiles, block_m, gated, act_bytes, weight_bytes)
+
+
+def tiles_k_groups(block_k: int, group_k: int) -> bool:
+    """A K step covers whole scale groups or lies within one (group_k 0: one group spans K)."""
+    return group_k == 0 or block_k % group_k == 0 or group_k % block_k == 0
+
+
+def _fitting(tiles: list[GemmTiles], block_m: int, gated: bool, act_bytes: float, weight_bytes: float) -> list[GemmTiles]:
     b_tiles = 2 if gated else 1
     fits = [t for t in tiles
-            if t.num_stages * (block_m * t.block_k + b_tiles * t.block_k * t.block_n) * elem_bytes
+            if t.num_stages * (block_m * t.block_k * act_bytes + b_tiles * t.block_k * t.block_n * weight_bytes)
             <= SHARED_MEMORY_BYTES]
     # Two fp32 accumulators of block_m x block_n per program: keep them within the register file.
     return [t for t in fits if b_tiles * block_m * t.block_n // (32 * t.num_warps) <= 128]

@@ -40,9 +40,10 @@ class TuneShape:
 class BucketResult:
     tokens: int
     tiles: ExpertsTiles
-    gemm1_us: float
-    gemm2_us: float
+    gemm1_us: float | None  # None where the GEMMs are not timed apart (quantized: whole forwards)
+    gemm2_us: float | None
     report: dict = field(default_factory=dict)  # registers / spills of the chosen kernels
+    forward_us: float | None = None  # the whole experts forward with these tiles (quantized tuning)
 
 
 class _Problem:
@@ -58,17 +59,20 @@ class _Problem:
         self.b2 = (0.1 * torch.randn(E, H, device=device)).to(shape.dtype) if shape.bias else None
 
     def batch(self, tokens: int):
-        """Tokens routed as the model routes them, so expert loads are as skewed as they would be
-        (grouped top-k with a correction bias concentrates tokens on fewer experts)."""
-        s, device = self.shape, self.w2.device
-        x = torch.randn(tokens, s.hidden_size, device=device).to(s.dtype)
-        logits = torch.randn(tokens, s.num_experts, device=device)
-        if s.routing is None:
-            weights, ids = logits.topk(s.top_k, dim=-1)
-            return x, weights.float().softmax(-1).contiguous(), ids.to(torch.int32).contiguous()
-        # A trained model's correction bias is far from zero (the bench draws it the same way).
-        bias = 0.1 * torch.randn(s.num_experts, device=device) if s.routing.correction_bias else None
-        return (x, *route_with_config(logits, s.top_k, s.routing, bias))
+        return routed_batch(self.shape, tokens, self.w2.device)
+
+
+def routed_batch(s: TuneShape, tokens: int, device):
+    """Tokens routed as the model routes them, so expert loads are as skewed as they would be
+    (grouped top-k with a correction bias concentrates tokens on fewer experts): (x, weights, ids)."""
+    x = torch.randn(tokens, s.hidden_size, device=device).to(s.dtype)
+    logits = torch.randn(tokens, s.num_experts, device=device)
+    if s.routing is None:
+        weights, ids = logits.topk(s.top_k, dim=-1)
+        return x, weights.float().softmax(-1).contiguous(), ids.to(torch.int32).contiguous()
+    # A trained model's correction bias is far from zero (the bench draws it the same way).
+    bias = 0.1 * torch.randn(s.num_experts, device=device) if s.routing.correction_bias else None
+    return (x, *route_with_config(logits, s.top_k, s.routing, bias))
 
 
 def tune_shape(shape: TuneShape, buckets=DEFAULT_BUCKETS, device: str = "cuda",
