@@ -54,6 +54,15 @@ def test_quant_candidates_tile_the_groups_and_skip_tma(scheme, block_m):
     assert all(_smem(t, block_m, True, act_bytes, spec.weight_bits() / 8) <= SHARED_MEMORY_BYTES for t in candidates)
 
 
+@pytest.mark.parametrize("block_m", [16, 64, 128])
+def test_fp8_block128_steps_within_a_block_and_tries_the_fused_output_tile(block_m):
+    candidates = gemm_candidates(block_m, True, 2, _spec("fp8-block128"))
+    assert max(t.block_k for t in candidates) == 128  # a longer K step would be cut to the block: a duplicate
+    assert 128 in {t.block_n for t in candidates}  # gemm1 then quantizes gemm2's input in its epilogue
+    per_channel = gemm_candidates(block_m, True, 2, _spec("fp8-per-channel"))
+    assert max(t.block_k for t in per_channel) > 128  # per-channel weight scales span K
+
+
 def test_a_k_step_covers_whole_groups_or_lies_in_one():
     assert tiles_k_groups(256, 128) and tiles_k_groups(64, 128) and tiles_k_groups(512, 0)
     assert not tiles_k_groups(96, 64) and not tiles_k_groups(64, 48)

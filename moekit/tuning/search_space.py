@@ -5,7 +5,9 @@ Quantized weights (``quant``) change the space: a program's weight tile is 1 byt
 int8) or half a byte (4-bit codes), so at decode, where the weights stream and each program's bytes
 set its time, 4-bit schemes also try block_k 1024 (and block_n down to 16); the shared-memory filter
 counts the packed bytes; block_k must tile the scheme's K groups; TMA is not tried (descriptors
-for packed codes are the kernel's business, not the tuner's)."""
+for packed codes are the kernel's business, not the tuner's). w8a8 schemes with K-blocked scales
+(fp8-block128) step K within one block (a longer step would be cut to it: a duplicate) and also try
+block_n = the activation group, where gemm1 quantizes gemm2's input in its own epilogue."""
 
 from __future__ import annotations
 
@@ -49,16 +51,27 @@ def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2, quant: Quant
 def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant: QuantSpec) -> list[GemmTiles]:
     weight_bytes = quant.weight_bits() / 8
     act_bytes = elem_bytes if quant.weight_only else 1  # w8a8: the kernel's A tile is fp8/int8
+    fused_n = [quant.act_group] if not quant.weight_only and quant.act_group > 0 else []
     if block_m <= 32:
         # Decode: per program, packed bytes halve (4-bit): longer K steps keep as many bytes in flight.
         block_k = [128, 256, 512, 1024] if quant.weight.packed else [128, 256, 512]
-        space = itertools.product([16, 32, 64], block_k, [1], [2, 4], [4, 6], [False])
+        space = itertools.product(sorted({16, 32, 64, *fused_n}), block_k, [1], [2, 4], [4, 6], [False])
     elif block_m == 64:
-        space = itertools.product([64, 128], [64, 128, 256], [8], [4, 8], [3, 4], [False])
+        space = itertools.product(sorted({64, 128, *fused_n}), [64, 128, 256], [8], [4, 8], [3, 4], [False])
     else:
-        space = itertools.product([64, 128, 256], [64, 128, 256], [8], [4, 8], [3, 4], [False])
-    tiles = [t for t in (GemmTiles(*values) for values in space) if tiles_k_groups(t.block_k, quant.group_k)]
+        space = itertools.product(sorted({64, 128, 256, *fused_n}), [64, 128, 256], [8], [4, 8], [3, 4], [False])
+    k_block = w8a8_k_block(quant)
+    tiles = [t for t in (GemmTiles(*values) for values in space)
+             if tiles_k_groups(t.block_k, quant.group_k) and (k_block is None or t.block_k <= k_block)]
     return _fitting(tiles, block_m, gated, act_bytes, weight_bytes)
+
+
+def w8a8_k_block(quant: QuantSpec) -> int | None:
+    """The K block a w8a8 dot must stay within (its scales change at its edges), or None."""
+    if quant.weight_only:
+        return None
+    blocks = [g for g in (quant.act_group, quant.group_k) if g > 0]
+    return min(blocks) if blocks else None
 
 
 def tiles_k_groups(block_k: int, group_k: int) -> bool:
