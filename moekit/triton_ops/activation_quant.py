@@ -33,6 +33,15 @@ class QuantizedRows:
 
 
 @dataclass(frozen=True)
+class ActivatedRows:
+    """gemm1's float output with its absolute maximum over the real rows [1] (fp32), taken in
+    gemm1's epilogue: a per-tensor scale then needs no pass of its own."""
+
+    values: torch.Tensor
+    amax: torch.Tensor
+
+
+@dataclass(frozen=True)
 class RowMap:
     """Which rows of an expert-aligned buffer are real: row < num_rows[0] and sorted[row] < num_pairs."""
 
@@ -143,10 +152,11 @@ def scale_columns(spec: QuantSpec, k: int) -> int:
 
 
 def quantize_rows(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor | None = None,
-                  row_map: RowMap | None = None) -> QuantizedRows:
+                  row_map: RowMap | None = None, amax: torch.Tensor | None = None) -> QuantizedRows:
     """x [R, K] float -> its codes and scales under ``spec``'s activation quantization. With a
     ``row_map``, rows that are not real pairs are left out of the per-tensor maximum and get zero
-    codes; rows past the ones in use are not written. Shapes depend on x's only (graph-safe)."""
+    codes; rows past the ones in use are not written. ``amax`` [1]: the per-tensor maximum, already
+    known. Shapes depend on x's only (graph-safe)."""
     if x.stride(1) != 1:
         x = x.contiguous()
     r, k = x.shape
@@ -163,13 +173,15 @@ def quantize_rows(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor |
     tensor_scale = scale  # unused unless per tensor
     if static:
         tensor_scale = static_scale.reshape(1).to(torch.float32)
-    if per_tensor and r * k <= ONE_PROGRAM_MAX_ELEMENTS:
+    if per_tensor and not static and amax is not None:
+        tensor_scale = amax
+    elif per_tensor and r * k <= ONE_PROGRAM_MAX_ELEMENTS:
         launch(_quantize_per_tensor_one_program, (1,),
                (x, codes, scale, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0), codes.stride(0)),
                dict(IS_FP8=spec.act is ActQuant.FP8, STATIC=static, HAS_ROW_MAP=row_map is not None,
                     BLOCK_R=16, BLOCK_K=min(256, next_pow2(k))), 8, 1)
         return QuantizedRows(codes, scale)
-    if per_tensor and not static:
+    elif per_tensor and not static:
         tensor_scale = torch.zeros(1, dtype=torch.float32, device=x.device)
         launch(_amax_of_rows, (cdiv(r, AMAX_ROWS),),
                (x, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0)),

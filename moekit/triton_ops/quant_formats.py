@@ -22,6 +22,36 @@ def unpack_nibbles_nk(packed):
     return tl.interleave(packed & 0xF, packed >> 4)
 
 
+E2M1_UNBIAS = tl.constexpr(8.507059173023462e37)  # 2**126: e2m1_scaled_down(c) * 2**126 == e2m1 value
+# An e4m3 scale (<= 448) times 2**126 overflows fp32: e4m3 scales of e2m1 codes take 2**117 into their
+# exponent and leave 2**9 to the epilogue (tile values are then 2**-9 of the weights: exact in bf16).
+E4M3_E2M1_SHIFT = tl.constexpr(117)
+E4M3_E2M1_REST = tl.constexpr(512.0)  # 2**(126 - 117)
+INT_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float with bits 0x4B000000 + n is 2**23 + n (0 <= n < 2**23)
+
+
+@triton.jit
+def e2m1_scaled_down(codes):
+    """e2m1 codes 0..15 (int32) -> fp32 value * 2**-126, in three integer ops and no conversion:
+    the code's exponent and mantissa bits placed at the top of an fp32 mantissa/exponent make a
+    number 2**126 times too small (exponent 0 lands on fp32 subnormals, which Triton does not
+    flush). The caller folds 2**126 into the scale it multiplies by anyway."""
+    return (((codes & 7) << 22) | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def uint4_minus(codes, zero):
+    """Codes 0..15 (int32) minus a zero point (fp32), with no int-to-float conversion (a quarter-rate
+    instruction on the GPU): bits 0x4B000000 | c are the float 2**23 + c."""
+    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - (INT_MAGIC + zero)
+
+
+@triton.jit
+def int8_minus(codes, zero):
+    """Signed codes -128..127 (int32) minus a zero point (fp32), as uint4_minus (shifted by 128)."""
+    return (codes + 0x4B000080).to(tl.float32, bitcast=True) - (INT_MAGIC + 128.0 + zero)
+
+
 @triton.jit
 def e2m1_values(codes):
     """e2m1 codes 0..15 (int32) -> fp32: sign, 2 exponent bits (bias 1), 1 mantissa bit."""
@@ -42,12 +72,14 @@ def e8m0_values(codes):
 
 
 @triton.jit
-def e4m3_values(codes):
-    """e4m3fn bytes (int32 0..255) -> fp32, from the bits (no fp8 conversion instruction needed)."""
+def e4m3_values(codes, EXP_SHIFT: tl.constexpr = 0):
+    """e4m3fn bytes (int32 0..255) -> fp32 value * 2**EXP_SHIFT, from the bits (no fp8 conversion
+    instruction needed; the shift scales for free: it is added to the exponent)."""
     exp = (codes >> 3) & 15
     man = codes & 7
-    normal = ((exp + 120) << 23 | man << 20).to(tl.float32, bitcast=True)  # 2**(e-7) * (1 + m/8)
-    mag = tl.where(exp == 0, man.to(tl.float32) * 0.001953125, normal)  # subnormal: m * 2**-9
+    normal = ((exp + 120 + EXP_SHIFT) << 23 | man << 20).to(tl.float32, bitcast=True)  # 2**(e-7) * (1 + m/8)
+    subnormal = man.to(tl.float32) * 0.001953125 * (2.0**EXP_SHIFT)  # m * 2**-9
+    mag = tl.where(exp == 0, subnormal, normal)
     mag = tl.where((exp == 15) & (man == 7), float("nan"), mag)
     return tl.where((codes & 128) != 0, -mag, mag)
 

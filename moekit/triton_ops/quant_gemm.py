@@ -21,7 +21,7 @@ import triton.language as tl
 from moekit.activations import Activation, GateUpLayout
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
-from moekit.triton_ops.activation_quant import QuantizedRows, RowMap, code_dtype, quantize_rows, scale_columns
+from moekit.triton_ops.activation_quant import ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows, scale_columns
 from moekit.triton_ops.align import AlignedPairs
 from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids
 from moekit.triton_ops.launcher import cdiv, launch
@@ -40,21 +40,26 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
          WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
          HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
          DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked."""
+    """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked.
+    (Branches end in one place: the compiler keeps generating code after an early return.)"""
     if A_QUANT == 0:
         w = dequantized_tile(w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K, stride_wn, stride_wk,
                              stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, HAS_G_IDX, BLOCK_K, BLOCK_N,
                              a.dtype)
-        return tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-    w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)
-    if A_GROUP > 0 or GROUP_K > 0:  # 128x128 blocks: scale each block's dot before summing
-        part = tl.dot(a, w)
-        if A_GROUP > 0:
-            part = part * a_block_scale[:, None]
-        if GROUP_K > 0:
-            part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N, GROUP_K)[None, :]
-        return acc + part
-    return tl.dot(a, w, acc)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    else:
+        w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)
+        if A_GROUP > 0 or GROUP_K > 0:  # 128x128 blocks: scale each block's dot before summing
+            part = tl.dot(a, w)
+            if A_GROUP > 0:
+                part = part * a_block_scale[:, None]
+            if GROUP_K > 0:
+                part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N,
+                                                 GROUP_K)[None, :]
+            acc = acc + part
+        else:
+            acc = tl.dot(a, w, acc)
+    return acc
 
 
 @triton.jit
@@ -79,8 +84,9 @@ def _gemm1_quant(
     ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
-    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
@@ -121,11 +127,11 @@ def _gemm1_quant(
         a_ptrs += BLOCK_K
     a_factor = _act_factor(xs_ptr, tokens, row_ok, stride_xsm, A_QUANT, A_GROUP)
     gs_ptr = wgs_ptr + expert
-    gate = acc_g.to(tl.float32) * a_factor * row_weight_factor(s_base, gs_ptr, gate_rows, col_ok, stride_sn, SFMT,
+    gate = acc_g.to(tl.float32) * a_factor * row_weight_factor(s_base, gs_ptr, gate_rows, col_ok, stride_sn, WFMT, SFMT,
                                                                GROUP_N, GROUP_K, HAS_GLOBAL)
     up = acc_u.to(tl.float32)
     if GATED:
-        up = up * a_factor * row_weight_factor(s_base, gs_ptr, up_rows, col_ok, stride_sn, SFMT, GROUP_N, GROUP_K,
+        up = up * a_factor * row_weight_factor(s_base, gs_ptr, up_rows, col_ok, stride_sn, WFMT, SFMT, GROUP_N, GROUP_K,
                                                HAS_GLOBAL)
     if HAS_BIAS:
         b_base = bias_ptr + expert * stride_be
@@ -144,7 +150,11 @@ def _gemm1_quant(
             codes = codes.to(tl.uint8, bitcast=True)
         tl.store(out_ptrs, codes, mask=col_ok[None, :])
     else:
-        tl.store(out_ptrs, h.to(out_ptr.dtype.element_ty), mask=col_ok[None, :])
+        stored = h.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, stored, mask=col_ok[None, :])
+        if OUT_AMAX:  # gemm2's per-tensor scale: the maximum over the real rows, as stored
+            real = tl.where(row_ok[:, None] & col_ok[None, :], tl.abs(stored.to(tl.float32)), 0.0)
+            tl.atomic_max(out_scale_ptr, tl.max(tl.max(real, 1), 0))
 
 
 @triton.jit
@@ -188,7 +198,8 @@ def _gemm2_quant(
                    HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
         a_ptrs += BLOCK_K
     y = acc.to(tl.float32) * _act_factor(as_ptr, arows, all_rows, stride_asm, A_QUANT, A_GROUP)
-    y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, SFMT, GROUP_N, GROUP_K, HAS_GLOBAL)
+    y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, WFMT, SFMT, GROUP_N, GROUP_K,
+                              HAS_GLOBAL)
     if HAS_BIAS:
         y += tl.load(bias_ptr + expert * stride_be + cols * stride_bn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     y *= tl.load(weight_ptr + pairs, mask=row_ok, other=0.0)[:, None]
@@ -246,9 +257,12 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
                        a_scale: torch.Tensor | None = None):
     """gemm1 on quantized w13 (logical [E, 2I, H]). ``x`` is [T, H] in the layer dtype (quantized
     here for w8a8, with the static ``a_scale`` where the scheme has one) or already a
-    ``QuantizedRows``. Returns the activated rows [rows, I]: layer dtype, or for w8a8 with a
-    fusable tile already quantized for gemm2 (``QuantizedRows``)."""
+    ``QuantizedRows``. Returns the activated rows [rows, I] for gemm2: in the layer dtype (weight-only,
+    w8a8 per row or with a static scale), with their absolute maximum over the real rows
+    (``ActivatedRows``: w8a8 with a dynamic per-tensor scale), or already quantized
+    (``QuantizedRows``: w8a8 whose gemm1 tile is one scale group)."""
     w8a8 = not spec.weight_only
+    out_dtype = torch.float32 if isinstance(x, QuantizedRows) else x.dtype  # the layer dtype
     if w8a8 and not isinstance(x, QuantizedRows):
         x = quantize_rows(x, spec, a_scale)
     x_codes, x_scale = (_bytes(x.codes), x.scale) if w8a8 else (x, x)
@@ -259,14 +273,18 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
     block_k = quant_block_k(spec, g.block_k)
     out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
-    layer_dtype = torch.float32 if w8a8 else x_codes.dtype
+    out_amax = w8a8 and spec.act_group == ACT_PER_TENSOR and not spec.act_static
+    device = x_codes.device
     if out_quant:
-        out = QuantizedRows(torch.empty(rows, inter, dtype=code_dtype(spec), device=x_codes.device),
-                            torch.empty(rows, scale_columns(spec, inter), dtype=torch.float32, device=x_codes.device))
+        out = QuantizedRows(torch.empty(rows, inter, dtype=code_dtype(spec), device=device),
+                            torch.empty(rows, scale_columns(spec, inter), dtype=torch.float32, device=device))
         out_t, out_s = _bytes(out.codes), out.scale
     else:
-        out = out_t = torch.empty(rows, inter, dtype=layer_dtype, device=x_codes.device)
+        out = out_t = torch.empty(rows, inter, dtype=out_dtype, device=device)
         out_s = out_t
+        if out_amax:
+            out_s = torch.zeros(1, dtype=torch.float32, device=device)
+            out = ActivatedRows(out_t, out_s)
     bias = w13_bias if w13_bias is not None else x_codes
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w13)
     LAST_COMPILED["gemm1"] = launch(
@@ -279,7 +297,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
         dict(ACT=ACT_CODE[activation.kind], GATED=activation.gated,
              INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
              **_weight_constexprs(spec, w13), A_QUANT=AQUANT[spec.act], A_GROUP=_act_group(spec),
-             OUT_QUANT=AQUANT[spec.act] if out_quant else 0, DOT_PRECISION=_precision(x_codes.dtype),
+             OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m),
         g.num_warps, g.num_stages)
     return out
@@ -288,10 +306,12 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
 def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, aligned: AlignedPairs,
                        out_rows: torch.Tensor, g: GemmTiles, spec: QuantSpec, a_scale: torch.Tensor | None = None):
     """gemm2 on quantized w2 (logical [E, H, I]) into out_rows[pair]. ``activated`` is gemm1's
-    output: float rows (quantized here for w8a8, real rows only) or ``QuantizedRows``."""
-    if not spec.weight_only and not isinstance(activated, QuantizedRows):
-        activated = quantize_rows(activated, spec, a_scale,
-                                  RowMap(aligned.sorted_pairs, aligned.num_rows, topk_weights.numel()))
+    output: float rows or ``ActivatedRows`` (quantized here for w8a8, real rows only) or
+    ``QuantizedRows``."""
+    if isinstance(activated, ActivatedRows) or (not spec.weight_only and not isinstance(activated, QuantizedRows)):
+        values, amax = (activated.values, activated.amax) if isinstance(activated, ActivatedRows) else (activated, None)
+        activated = quantize_rows(values, spec, a_scale,
+                                  RowMap(aligned.sorted_pairs, aligned.num_rows, topk_weights.numel()), amax=amax)
     a, a_scale_t = (_bytes(activated.codes), activated.scale) if isinstance(activated, QuantizedRows) \
         else (activated, activated)
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m

@@ -5,7 +5,7 @@ and the scale factors around the dot. Codes of the format constants:
     SFMT: 0 fp32, 1 e8m0 (bytes), 2 e4m3 (bytes: decoded from bits, no fp8 instruction)
 
 Weight-only schemes dequantize a tile to the activations' dtype before the dot: codes minus the
-zero point, times the group scale. Factors shared by a whole output row (a scale spanning K, the
+zero point, times the group scale, with no int-to-float conversion instruction (quant_formats). Factors shared by a whole output row (a scale spanning K, the
 nvfp4 global scale) are left to the epilogue, on the accumulator. w8a8 schemes feed the raw fp8 /
 int8 codes to the dot; their scales multiply the dot's result per K block (128x128 blocks) or the
 accumulator once (per tensor, per channel).
@@ -16,7 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.quant_formats import e2m1_values, e4m3_values, e8m0_values, unpack_nibbles_nk
+from moekit.triton_ops.quant_formats import (E2M1_UNBIAS, E4M3_E2M1_REST, E4M3_E2M1_SHIFT, e2m1_scaled_down, e4m3_values, e8m0_values, int8_minus,
+                                             uint4_minus, unpack_nibbles_nk)
 
 UINT4_MIDPOINT = tl.constexpr(8.0)  # symmetric int4 codes store q + 8
 
@@ -32,13 +33,40 @@ def scale_values(raw, SFMT: tl.constexpr):
 
 
 @triton.jit
-def _minus_zero(w, z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
-    if HAS_ZERO:
-        return w - tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+def _values(codes, zero, WFMT: tl.constexpr):
+    """Codes as fp32 values minus the zero point (broadcast against codes); e2m1 scaled by
+    2**-126 (see E2M1_UNBIAS, folded into the scale)."""
+    if WFMT == 3:
+        return e2m1_scaled_down(codes)
     elif WFMT == 2:
-        return w - UINT4_MIDPOINT
+        return uint4_minus(codes, zero)
     else:
-        return w
+        return int8_minus(codes, zero)
+
+
+@triton.jit
+def _zero(z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """The zero point in the code domain (fp32): the stored one, or the format's midpoint."""
+    if HAS_ZERO:
+        return tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+    elif WFMT == 2:
+        return UINT4_MIDPOINT
+    else:
+        return 0.0
+
+
+@triton.jit
+def _group_scale(s_ptrs, mask, WFMT: tl.constexpr, SFMT: tl.constexpr):
+    """A group's scale, times the 2**126 that e2m1_scaled_down leaves out (all of it for e8m0 and
+    fp32 scales; for e4m3 ones 2**117, the rest in the epilogue: row_weight_factor)."""
+    raw = tl.load(s_ptrs, mask=mask, other=0)
+    if WFMT == 3 and SFMT == 2:
+        s = e4m3_values(raw.to(tl.int32), E4M3_E2M1_SHIFT)
+    else:
+        s = scale_values(raw, SFMT)
+        if WFMT == 3:
+            s = s * E2M1_UNBIAS
+    return s
 
 
 @triton.jit
@@ -50,7 +78,7 @@ def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
     """Weight-only: the [BLOCK_K, BLOCK_N] tile (input columns k0.., weight rows ``rows``) as
     DOT_DTYPE values. Built as [BLOCK_N, BLOCK_K] (K contiguous in memory, where the two nibbles of
     a byte are neighbours) and transposed at the end. Columns past K come out finite; the
-    activations there are zero."""
+    activations there are zero. Per element: a few integer ops, one subtract, one multiply."""
     ks = k0 + tl.arange(0, BLOCK_K)
     k_ok = ks < K
     if WFMT >= 2:
@@ -61,34 +89,30 @@ def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
     else:
         codes = tl.load(d_ptr + rows[:, None] * stride_dn + ks[None, :] * stride_dk,
                         mask=row_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
-    if WFMT == 3:
-        w = e2m1_values(codes)
-    else:
-        w = codes.to(tl.float32)
     if GROUP_K == 0:  # one group spans K: the zero point per row here, the scale in the epilogue
-        w = _minus_zero(w, z_ptr + rows[:, None] * stride_sn, row_ok[:, None], WFMT, HAS_ZERO)
+        w = _values(codes, _zero(z_ptr + rows[:, None] * stride_sn, row_ok[:, None], WFMT, HAS_ZERO), WFMT)
+        if WFMT == 3:
+            w = w * E2M1_UNBIAS
     elif HAS_G_IDX:  # act-order: each column's group from g_idx
         groups = tl.load(g_ptr + ks, mask=k_ok, other=0)
         offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
         ok = row_ok[:, None] & k_ok[None, :]
-        w = _minus_zero(w, z_ptr + offs, ok, WFMT, HAS_ZERO)
-        w = w * scale_values(tl.load(s_ptr + offs, mask=ok, other=0), SFMT)
+        w = _values(codes, _zero(z_ptr + offs, ok, WFMT, HAS_ZERO), WFMT) * _group_scale(s_ptr + offs, ok, WFMT, SFMT)
     elif GROUP_K % BLOCK_K == 0:  # the tile lies in one group: one scale per row
         offs = rows[:, None] * stride_sn + (k0 // GROUP_K) * stride_sk
-        w = _minus_zero(w, z_ptr + offs, row_ok[:, None], WFMT, HAS_ZERO)
-        w = w * scale_values(tl.load(s_ptr + offs, mask=row_ok[:, None], other=0), SFMT)
+        w = _values(codes, _zero(z_ptr + offs, row_ok[:, None], WFMT, HAS_ZERO), WFMT)
+        w = w * _group_scale(s_ptr + offs, row_ok[:, None], WFMT, SFMT)
     else:  # BLOCK_K / GROUP_K groups per tile: load each group's scale once, broadcast it
         NUM_GROUPS: tl.constexpr = BLOCK_K // GROUP_K
         groups = k0 // GROUP_K + tl.arange(0, NUM_GROUPS)
         offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
         ok = row_ok[:, None] & (groups * GROUP_K < K)[None, :]
-        w3 = tl.reshape(w, (BLOCK_N, NUM_GROUPS, GROUP_K))
+        codes3 = tl.reshape(codes, (BLOCK_N, NUM_GROUPS, GROUP_K))
+        zero = _zero(z_ptr + offs, ok, WFMT, HAS_ZERO)
         if HAS_ZERO:
-            w3 = w3 - tl.load(z_ptr + offs, mask=ok, other=0).to(tl.float32)[:, :, None]
-        elif WFMT == 2:
-            w3 = w3 - UINT4_MIDPOINT
-        w3 = w3 * scale_values(tl.load(s_ptr + offs, mask=ok, other=0), SFMT)[:, :, None]
-        w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+            zero = zero[:, :, None]
+        w3 = _values(codes3, zero, WFMT)
+        w = tl.reshape(w3 * _group_scale(s_ptr + offs, ok, WFMT, SFMT)[:, :, None], (BLOCK_N, BLOCK_K))
     return tl.trans(w.to(DOT_DTYPE))
 
 
@@ -117,11 +141,14 @@ def block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N: t
 
 
 @triton.jit
-def row_weight_factor(s_ptr, gs_ptr, rows, row_ok, stride_sn,
+def row_weight_factor(s_ptr, gs_ptr, rows, row_ok, stride_sn, WFMT: tl.constexpr,
                       SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr):
     """The weight factor applied once to the accumulator, [1, BLOCK_N]: a scale that spans K (per
-    tensor or per output row), times the global scale (nvfp4). 1 where the scales were K-grouped."""
+    tensor or per output row), times the global scale (nvfp4), times what _group_scale left over.
+    1 where the scales were K-grouped."""
     f = tl.full((1, rows.shape[0]), 1.0, tl.float32)
+    if WFMT == 3 and SFMT == 2 and GROUP_K > 0:
+        f = f * E4M3_E2M1_REST
     if GROUP_K == 0:
         if GROUP_N == 0:
             f = f * scale_values(tl.load(s_ptr), SFMT)

@@ -128,27 +128,25 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
 
 
 def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
-    """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles).
+    """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles),
+    chosen from sm90 builds without spills (registers read from the compiled kernels).
 
-    Decode streams the weights: 4-bit codes hold half the bytes of 8-bit ones per tile, so 4-bit
-    tiles are narrower (more programs in flight) and deeper in K (BLOCK_K 256 = one 128-byte line
-    per weight row and step). Weight-only prefill keeps the bf16 shapes with BLOCK_K 128 (the
-    dequantization is paid once per weight tile, shared by BLOCK_M rows). w8a8 prefill runs fp8 /
-    int8 tensor cores with 128-wide K steps; gemm1's BLOCK_N 128 is one 128-column activation group,
-    so fp8-block128 quantizes gemm2's input in gemm1's epilogue."""
+    Decode streams the weights: narrow gemm1 tiles (BLOCK_N 16: twice the programs of bf16's, each
+    reading a 64- or 128-byte run per weight row and K step) keep enough loads in flight over all
+    SMs. Weight-only prefill keeps the bf16 shapes with 128-wide K steps (the dequantization is paid
+    once per weight tile, shared by BLOCK_M rows). w8a8 prefill runs fp8 / int8 tensor cores with
+    K steps of 128 (one fp8-block128 scale block); gemm1's BLOCK_N 128 is one 128-column activation
+    group, so fp8-block128 quantizes gemm2's input in gemm1's epilogue (BLOCK_M 64: 128 rows with
+    gate and up accumulators and the per-block partial product spill)."""
     from moekit.quant.registry import method_for
 
     spec = method_for(scheme).spec
     if rows_per_expert <= 16:
-        if spec.weight.packed:
-            return ExpertsTiles(16, GemmTiles(16, 256, 1, 4, 4), GemmTiles(32, 256, 1, 4, 4))
-        return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(32, 128, 1, 4, 4))
+        return ExpertsTiles(16, GemmTiles(16, 128, 1, 4, 4), GemmTiles(32, 128, 1, 4, 4))
     if rows_per_expert <= 48:
-        return ExpertsTiles(32, GemmTiles(64, 128, 1, 4, 3), GemmTiles(64, 128, 1, 4, 3))
-    if spec.weight_only:
-        if rows_per_expert <= 160:
-            return ExpertsTiles(64, GemmTiles(64, 128, 8, 4, 3), GemmTiles(128, 128, 8, 4, 3))
-        return ExpertsTiles(128, GemmTiles(64, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
+        return ExpertsTiles(32, GemmTiles(32, 128, 1, 4, 3), GemmTiles(64, 128, 1, 4, 3))
+    if not spec.weight_only:
+        return ExpertsTiles(64, GemmTiles(128, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
     if rows_per_expert <= 160:
-        return ExpertsTiles(64, GemmTiles(128, 128, 8, 8, 3), GemmTiles(128, 128, 8, 4, 3))
-    return ExpertsTiles(128, GemmTiles(128, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
+        return ExpertsTiles(64, GemmTiles(64, 128, 8, 4, 3), GemmTiles(128, 128, 8, 8, 3))
+    return ExpertsTiles(128, GemmTiles(64, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
