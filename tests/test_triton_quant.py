@@ -109,6 +109,17 @@ def test_every_scheme_matches_reference(scheme):
     assert relative_error(triton_out(case), reference(case).double()) <= tolerance(scheme)
 
 
+@pytest.mark.parametrize("scheme,hidden,inter", [
+    ("mxfp4", 160, 96),  # K tails of 32 (gemm1) and 32 (gemm2) past the 64/32-wide K steps
+    ("nvfp4", 144, 80),  # 16-column groups, a tail of one group
+    ("w4a16-g32-asym", 96, 160),
+    ("w8a16-g32", 224, 96),
+])
+def test_k_not_a_multiple_of_the_k_step(scheme, hidden, inter):
+    case = make_case(scheme, tokens=7, hidden=hidden, inter=inter, bias=True)
+    assert relative_error(triton_out(case), reference(case).double()) <= 1e-3
+
+
 @pytest.mark.parametrize("scheme", ["w4a16-g32-asym", "w8a16-g64-asym", "w4a16-g128"])
 def test_act_order_g_idx(scheme):
     case = make_case(scheme, tokens=9, g_idx=True)
