@@ -11,16 +11,19 @@ import dataclasses
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import moekit
 from moekit.activations import GateUpLayout, parse_activation
 from moekit.experts import ExpertWeights, ReferenceExperts, TritonExperts
 from moekit.hardware import Environment
 from moekit.problem import MoEProblem
-from moekit.quant import METHODS, QuantizedMatrix
+from moekit.quant import METHODS, QuantizedMatrix, formats
 from moekit.quant.dequant import quantize_activations
 from moekit.tolerance import relative_error
 from moekit.triton_ops import activation_quant
+from moekit.triton_ops import quant_formats as qf
 from moekit.triton_ops.activation_quant import RowMap, quantize_rows
 from moekit.triton_ops.align import align_pairs_by_expert
 from moekit.triton_ops.experts_kernels import fused_experts
@@ -167,7 +170,7 @@ def test_ungated_relu2(scheme):
     assert relative_error(triton_out(case), reference(case).double()) <= tolerance(scheme)
 
 
-@pytest.mark.parametrize("scheme", ["mxfp4", "w4a16-g32-asym", "w8a16-ch"])
+@pytest.mark.parametrize("scheme", ["mxfp4", "nvfp4", "w4a16-g32-asym", "w8a16-ch"])
 def test_fp16_default_tiles_through_apply(scheme):
     # tiles=None: the default heuristic for a quantized key (decode tiles, BLOCK_K past H).
     case = make_case(scheme, tokens=6, dtype=torch.float16, bias=True)
@@ -257,3 +260,35 @@ def test_default_quant_tiles_are_sound(scheme, tokens):
     if tokens == 1 and spec.weight.packed:  # decode: narrower 4-bit tiles than bf16's
         bf16 = default_tiles(TableKey("Some GPU", 128, 8, 2048, 768, torch.bfloat16), tokens)
         assert tiles.gemm1.block_n < bf16.gemm1.block_n
+
+
+# -- number formats in Triton ---------------------------------------------------------------------
+
+@triton.jit
+def _decode(codes_ptr, out_ptr, WHICH: tl.constexpr):
+    i = tl.arange(0, 256)
+    c = tl.load(codes_ptr + i).to(tl.int32)
+    if WHICH == 0:
+        v = qf.e4m3_values(c)
+    elif WHICH == 1:
+        v = qf.e4m3_values(c, qf.E4M3_E2M1_SHIFT)  # 2**117 times the value, from the exponent bits
+    elif WHICH == 2:
+        v = qf.e8m0_values(c)
+    elif WHICH == 3:
+        v = qf.e2m1_scaled_down(c & 15) * qf.E2M1_UNBIAS  # through fp32 subnormals: none flushed
+    elif WHICH == 4:
+        v = qf.uint4_minus(c & 15, 3.0)
+    else:
+        v = qf.int8_minus(c.to(tl.int8).to(tl.int32), -5.0)
+    tl.store(out_ptr + i, v)
+
+
+def test_format_helpers_match_quant_formats():
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    e4m3 = codes.view(torch.float8_e4m3fn).float()
+    expected = [e4m3, e4m3 * 2.0**117, formats.e8m0_to_float(codes), formats.e2m1_to_float(codes & 15),
+                (codes & 15).float() - 3.0, codes.view(torch.int8).float() + 5.0]
+    for which, want in enumerate(expected):
+        out = torch.empty(256)
+        _decode[(1,)](codes, out, which)
+        torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True, msg=f"helper {which}")

@@ -53,17 +53,6 @@ def int8_minus(codes, zero):
 
 
 @triton.jit
-def e2m1_values(codes):
-    """e2m1 codes 0..15 (int32) -> fp32: sign, 2 exponent bits (bias 1), 1 mantissa bit."""
-    exp = (codes >> 1) & 3
-    man = codes & 1
-    # magnitude * 2: e == 0 is subnormal (0 or 0.5); else (2 + m) * 2**(e - 1) / 2.
-    twice = tl.where(exp == 0, man, (2 + man) << tl.maximum(exp - 1, 0))
-    mag = twice.to(tl.float32) * 0.5
-    return tl.where((codes & 8) != 0, -mag, mag)
-
-
-@triton.jit
 def e8m0_values(codes):
     """e8m0 codes (uint8 as int32) -> fp32 2**(code - 127); code 0 is 2**-127 (subnormal), 255 NaN."""
     value = (codes << 23).to(tl.float32, bitcast=True)

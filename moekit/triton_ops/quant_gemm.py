@@ -21,7 +21,8 @@ import triton.language as tl
 from moekit.activations import Activation, GateUpLayout
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
-from moekit.triton_ops.activation_quant import ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows, scale_columns
+from moekit.triton_ops.activation_quant import (ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows,
+                                                scale_columns)
 from moekit.triton_ops.align import AlignedPairs
 from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids
 from moekit.triton_ops.launcher import cdiv, launch

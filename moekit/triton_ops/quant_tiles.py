@@ -5,10 +5,11 @@ and the scale factors around the dot. Codes of the format constants:
     SFMT: 0 fp32, 1 e8m0 (bytes), 2 e4m3 (bytes: decoded from bits, no fp8 instruction)
 
 Weight-only schemes dequantize a tile to the activations' dtype before the dot: codes minus the
-zero point, times the group scale, with no int-to-float conversion instruction (quant_formats). Factors shared by a whole output row (a scale spanning K, the
-nvfp4 global scale) are left to the epilogue, on the accumulator. w8a8 schemes feed the raw fp8 /
-int8 codes to the dot; their scales multiply the dot's result per K block (128x128 blocks) or the
-accumulator once (per tensor, per channel).
+zero point, times the group scale, with no int-to-float conversion instruction (quant_formats).
+Factors shared by a whole output row (a scale spanning K, the nvfp4 global scale) are left to the
+epilogue, on the accumulator. w8a8 schemes feed the raw fp8 / int8 codes to the dot; their scales
+multiply the dot's result per K block (128x128 blocks) or the accumulator once (per tensor, per
+channel).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.quant_formats import (E2M1_UNBIAS, E4M3_E2M1_REST, E4M3_E2M1_SHIFT, e2m1_scaled_down, e4m3_values, e8m0_values, int8_minus,
-                                             uint4_minus, unpack_nibbles_nk)
+from moekit.triton_ops.quant_formats import (E2M1_UNBIAS, E4M3_E2M1_REST, E4M3_E2M1_SHIFT, e2m1_scaled_down,
+                                             e4m3_values, e8m0_values, int8_minus, uint4_minus, unpack_nibbles_nk)
 
 UINT4_MIDPOINT = tl.constexpr(8.0)  # symmetric int4 codes store q + 8
 
