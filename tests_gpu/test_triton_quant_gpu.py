@@ -123,8 +123,8 @@ def test_quantized_layer_cuda_graph_replay_matches_eager(scheme, tokens):
 @pytest.mark.parametrize("scheme", ["mxfp4", "w4a16-g128", "nvfp4"])
 def test_4bit_weights_never_dequantized_in_memory(scheme):
     layer = _layer(scheme)
-    dequantized_bytes = 128 * 3 * 2048 * 768 * 2  # w13 + w2 in bf16: 1.2 GB
-    x = torch.randn(256, 2048, device="cuda", dtype=torch.bfloat16)
+    dequantized_bytes = 128 * 3 * 2048 * 768 * 2  # w13 + w2 in bf16: 1.2 GB (w2 alone 0.4 GB)
+    x = torch.randn(64, 2048, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         layer(x)  # compile first
         torch.cuda.synchronize()
@@ -133,4 +133,5 @@ def test_4bit_weights_never_dequantized_in_memory(scheme):
         layer(x)
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
-    assert peak < dequantized_bytes / 50, f"forward allocated {peak / 2**20:.1f} MiB at its peak"
+    # The forward's own buffers (aligned rows, activated rows, pair rows) are a few MiB here.
+    assert peak < dequantized_bytes / 10, f"forward allocated {peak / 2**20:.1f} MiB at its peak"
