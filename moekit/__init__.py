@@ -5,6 +5,7 @@ from moekit.experts import ExpertsBackend, ExpertWeights
 from moekit.explain import Explanation
 from moekit.functional import fused_moe
 from moekit.layer import MoE
+from moekit.load import load
 from moekit.oracle import BackendUnavailableError
 from moekit.parallel import ExpertParallel
 from moekit.routing import RoutingConfig, Scoring, route
@@ -31,6 +32,7 @@ __all__ = [
     "Scoring",
     "fused_moe",
     "fused_moe_spec",
+    "load",
     "load_hf_state_dict",
     "patch",
     "route",

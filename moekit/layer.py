@@ -139,6 +139,8 @@ class MoE(nn.Module):
             self.w13.normal_(0.0, 1.0 / math.sqrt(self.hidden_size))
             self.w2.normal_(0.0, 1.0 / math.sqrt(self.intermediate_size))
             return
+        if self.w13.is_meta:  # built on meta to take a checkpoint's weights (moekit.load): nothing to draw
+            return
         for name, k in (("w13", self.hidden_size), ("w2", self.intermediate_size)):
             n = getattr(self, name).shape[1]
             device = self.router.weight.device

@@ -52,7 +52,7 @@ class _Reader:
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], prefix: str):
         self.prefix = prefix
-        self.tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.tensors = _PrefixView(state_dict, prefix)
         self.used: set[str] = set()
 
     def has(self, key: str) -> bool:
@@ -76,6 +76,27 @@ class _Reader:
 
     def unused(self) -> list[str]:
         return sorted(self.prefix + k for k in self.tensors if k not in self.used)
+
+
+class _PrefixView(Mapping):
+    """The keys under ``prefix`` of a state dict, relative to it; a value is only read when asked
+    for, so a lazily loaded checkpoint (moekit.checkpoints.files) reads one block at a time."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], prefix: str):
+        self._source = state_dict
+        self._full = {k[len(prefix):]: k for k in state_dict.keys() if k.startswith(prefix)}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._source[self._full[key]]
+
+    def __iter__(self):
+        return iter(self._full)
+
+    def __len__(self) -> int:
+        return len(self._full)
+
+    def __contains__(self, key) -> bool:
+        return key in self._full
 
 
 def load_hf_state_dict(

@@ -29,6 +29,7 @@ from moekit.triton_ops.launcher import cdiv, launch
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import as_codes, block_weight_scale, code_tile, dequantized_tile, row_weight_factor
 from moekit.triton_ops.tile_configs import GemmTiles
+from moekit.triton_ops.weight_only_loop import weight_only_mainloop
 
 WFMT = {WeightFormat.FP8: 0, WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
 SFMT = {ScaleFormat.FP32: 0, ScaleFormat.E8M0: 1, ScaleFormat.E4M3: 2}
@@ -51,15 +52,15 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
     else:
         w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)
         if A_GROUP > 0 or GROUP_K > 0:  # 128x128 blocks: scale each block's dot before summing
-            part = tl.dot(a, w)
+            part = tl.dot(a, w, out_dtype=acc.dtype)
             if A_GROUP > 0:
                 part = part * a_block_scale[:, None]
             if GROUP_K > 0:
                 part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N,
                                                  GROUP_K)[None, :]
             acc = acc + part
-        else:
-            acc = tl.dot(a, w, acc)
+        else:  # (int8 dots name their int32 result: triton 3.6 refuses an int32 acc otherwise)
+            acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
     return acc
 
 
@@ -87,7 +88,7 @@ def _gemm1_quant(
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
@@ -104,28 +105,34 @@ def _gemm1_quant(
     s_base = ws_ptr + expert * stride_se
     z_base = wz_ptr + expert * stride_se
     g_base = wg_ptr + expert * stride_ge
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + tokens[:, None] * stride_xm + ks[None, :]
-    if A_QUANT == 2:
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    if A_QUANT == 0 and not HAS_G_IDX:
+        acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
+                                            up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
+                                            SFMT, GROUP_K, HAS_ZERO, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+                                            EVEN_K)
     else:
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k0 = k * BLOCK_K
-        a = as_codes(tl.load(a_ptrs, mask=row_ok[:, None] & (ks < K - k0)[None, :], other=0), A_QUANT == 1)
-        if A_GROUP > 0:
-            a_block_scale = tl.load(xs_ptr + tokens * stride_xsm + k0 // A_GROUP, mask=row_ok, other=0.0)
-        acc_g = _mma(acc_g, a, a_block_scale, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
-                     stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                     HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
-        if GATED:
-            acc_u = _mma(acc_u, a, a_block_scale, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
+        ks = tl.arange(0, BLOCK_K)
+        a_ptrs = x_ptr + tokens[:, None] * stride_xm + ks[None, :]
+        if A_QUANT == 2:
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k0 = k * BLOCK_K
+            a = as_codes(tl.load(a_ptrs, mask=row_ok[:, None] & (ks < K - k0)[None, :], other=0), A_QUANT == 1)
+            if A_GROUP > 0:
+                a_block_scale = tl.load(xs_ptr + tokens * stride_xsm + k0 // A_GROUP, mask=row_ok, other=0.0)
+            acc_g = _mma(acc_g, a, a_block_scale, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
                          stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
                          HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
-        a_ptrs += BLOCK_K
+            if GATED:
+                acc_u = _mma(acc_u, a, a_block_scale, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
+                             stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
+                             HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+            a_ptrs += BLOCK_K
     a_factor = _act_factor(xs_ptr, tokens, row_ok, stride_xsm, A_QUANT, A_GROUP)
     gs_ptr = wgs_ptr + expert
     gate = acc_g.to(tl.float32) * a_factor * row_weight_factor(s_base, gs_ptr, gate_rows, col_ok, stride_sn, WFMT, SFMT,
@@ -169,6 +176,7 @@ def _gemm2_quant(
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
@@ -181,23 +189,28 @@ def _gemm2_quant(
     s_base = ws_ptr + expert * stride_se
     z_base = wz_ptr + expert * stride_se
     g_base = wg_ptr + expert * stride_ge
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + arows[:, None] * stride_am + ks[None, :]
-    if A_QUANT == 2:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     all_rows = rows >= 0
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k0 = k * BLOCK_K
-        a = as_codes(tl.load(a_ptrs, mask=(ks < K - k0)[None, :], other=0), A_QUANT == 1)
-        if A_GROUP > 0:
-            a_block_scale = tl.load(as_ptr + arows * stride_asm + k0 // A_GROUP)
-        acc = _mma(acc, a, a_block_scale, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
-                   stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                   HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
-        a_ptrs += BLOCK_K
+    if A_QUANT == 0 and not HAS_G_IDX:
+        acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
+                                            col_ok, stride_wn, stride_wk, stride_sn, stride_sk, False, WFMT, SFMT,
+                                            GROUP_K, HAS_ZERO, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    else:
+        ks = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + arows[:, None] * stride_am + ks[None, :]
+        if A_QUANT == 2:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k0 = k * BLOCK_K
+            a = as_codes(tl.load(a_ptrs, mask=(ks < K - k0)[None, :], other=0), A_QUANT == 1)
+            if A_GROUP > 0:
+                a_block_scale = tl.load(as_ptr + arows * stride_asm + k0 // A_GROUP)
+            acc = _mma(acc, a, a_block_scale, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
+                       stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
+                       HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+            a_ptrs += BLOCK_K
     y = acc.to(tl.float32) * _act_factor(as_ptr, arows, all_rows, stride_asm, A_QUANT, A_GROUP)
     y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, WFMT, SFMT, GROUP_N, GROUP_K,
                               HAS_GLOBAL)
@@ -237,11 +250,19 @@ def _act_group(spec: QuantSpec) -> int:
     return -1 if spec.act_group == ACT_PER_TENSOR else spec.act_group
 
 
-def quant_block_k(spec: QuantSpec, block_k: int) -> int:
-    """K-blocked w8a8 scales need BLOCK_K to divide the block (128): a larger tile is cut down."""
-    if not spec.weight_only and (spec.act_group > 0 or spec.group_k > 0):
-        return min(block_k, spec.act_group if spec.act_group > 0 else spec.group_k)
-    return block_k
+def quant_block_k(spec: QuantSpec, block_k: int, g_idx: bool = False) -> int:
+    """The K step the kernels can take for a requested one. K-blocked w8a8 scales need it to divide
+    the block (128). The weight-only loop spans at most two scale groups per step and needs 16
+    columns per dot (32 for packed codes: two dots of the even and odd columns)."""
+    if not spec.weight_only:
+        if spec.act_group > 0 or spec.group_k > 0:
+            return min(block_k, spec.act_group if spec.act_group > 0 else spec.group_k)
+        return block_k
+    if g_idx:
+        return block_k
+    if spec.group_k > 0:
+        block_k = min(block_k, 2 * spec.group_k)
+    return max(block_k, 32 if spec.weight.packed else 16)
 
 
 def fuses_output_quant(spec: QuantSpec, inter: int, block_n: int) -> bool:
@@ -274,7 +295,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
     hidden = x_codes.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
-    block_k = quant_block_k(spec, g.block_k)
+    block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None)
     out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
     out_amax = w8a8 and spec.act_group == ACT_PER_TENSOR and not spec.act_static
     device = x_codes.device
@@ -301,7 +322,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
              **_weight_constexprs(spec, w13), A_QUANT=AQUANT[spec.act], A_GROUP=_act_group(spec),
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0),
         g.num_warps, g.num_stages)
     return out
 
@@ -320,6 +341,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
     rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
     hidden = w2.data.shape[1]
     inter = a.shape[1]
+    block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None)
     bias = w2_bias if w2_bias is not None else out_rows
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w2)
     LAST_COMPILED["gemm2"] = launch(
@@ -331,7 +353,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
          bias.stride(0), bias.stride(-1), out_rows.stride(0)),
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype),
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=quant_block_k(spec, g.block_k), GROUP_M=g.group_m),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0),
         g.num_warps, g.num_stages)
     return out_rows
 
