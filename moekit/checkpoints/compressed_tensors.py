@@ -8,8 +8,8 @@ float-/int-/naive-quantized  ``weight`` e4m3 or int8 [N, K], ``weight_scale`` fl
                              ``input_scale`` [1] for static activations
 pack-quantized               ``weight_packed`` int32 [N, ceil(K*bits/32)], ``weight_shape`` [2] = (N, K),
                              ``weight_scale`` [N, K/g] or [N, 1], asymmetric: ``weight_zero_point``
-                             int32 packed along N; optional ``weight_g_idx`` [K] (GPTQ act-order, required when the
-                             config says ``actorder: group``)
+                             int32 packed along N; ``weight_g_idx`` [K] for GPTQ act-order
+                             (required when the config says ``actorder: group``)
 mxfp4-pack-quantized         ``weight_packed`` uint8 [N, K/2], ``weight_scale`` uint8 e8m0 [N, K/32]
 nvfp4-pack-quantized         ``weight_packed`` uint8 [N, K/2], ``weight_scale`` e4m3 [N, K/16],
                              ``weight_global_scale`` fp32 [1]
@@ -72,7 +72,8 @@ def _read_unpacked(reader, key, quant: LayerQuant, method: QuantMethod, n: int, 
         input_scale = reader.take(f"{key}.input_scale")
         expect(reader.prefix + f"{key}.input_scale", input_scale, None, FLOAT_SCALE_DTYPES)
         if input_scale.numel() != 1:
-            raise ValueError(f"{reader.prefix + key + '.input_scale'!r} must hold one value, got {tuple(input_scale.shape)}")
+            raise ValueError(f"{reader.prefix + key + '.input_scale'!r} must hold one value, "
+                             f"got {tuple(input_scale.shape)}")
 
     def convert() -> Projection:
         data = weight

@@ -61,7 +61,8 @@ def _shard_map(path: Path) -> dict[str, str]:
         return dict(weight_map)
     shards = [path / SINGLE_NAME] if (path / SINGLE_NAME).is_file() else sorted(path.glob("*.safetensors"))
     if not shards:
-        raise ValueError(f"no safetensors files in {str(path)!r} (expected {INDEX_NAME}, {SINGLE_NAME} or *.safetensors)")
+        raise ValueError(f"no safetensors files in {str(path)!r} "
+                         f"(expected {INDEX_NAME}, {SINGLE_NAME} or *.safetensors)")
     from safetensors import safe_open
 
     out: dict[str, str] = {}

@@ -83,7 +83,7 @@ def _freeze(d):
     """A hashable copy of a JSON dict, so each distinct config is parsed once."""
     if isinstance(d, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in d.items()))
-    if isinstance(d, list):
+    if isinstance(d, (list, tuple)):
         return ("__list__", tuple(_freeze(v) for v in d))
     return d
 
