@@ -6,8 +6,9 @@ projections into w13/w2; block.py loads one MoE block (router, experts, shared e
 state dict; model_config.py maps a model's config.json to ``MoE(...)`` arguments; files.py reads
 safetensors shards lazily; ``moekit.load`` (moekit/load.py) puts them together.
 
-Every reader validates all its tensors (names, shapes, dtypes, group sizes) before converting any,
-and a layer is only changed once every tensor of its block has been read and converted.
+Every reader validates all its tensors (names, shapes, dtypes, group sizes) before converting any
+(only the agreement of gate and up — act-order g_idx, nvfp4 global scales — is checked while they
+are stacked), and a layer is only changed once every tensor of its block has been read and converted.
 """
 
 from moekit.checkpoints.block import load_quantized_state_dict

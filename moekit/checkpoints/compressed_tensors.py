@@ -81,6 +81,8 @@ def _read_unpacked(reader, key, quant: LayerQuant, method: QuantMethod, n: int, 
         if spec.weight is WeightFormat.UINT4:
             data = formats.pack_nibbles(weight.to(torch.int16) + formats.UINT4_MIDPOINT)
             z = None if zero is None else (zero.to(torch.int16) + formats.UINT4_MIDPOINT).to(torch.uint8)
+        elif zero is not None:
+            z = zero.to(torch.int8)  # int8 codes' zero points (stored as int32 by some writers)
         grid = _scale_grid(method, n, k)
         m = QuantizedMatrix(data=data[None], scale=scale.float().reshape(grid)[None],
                             zero=None if z is None else z.reshape(grid)[None])

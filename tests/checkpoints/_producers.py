@@ -39,32 +39,58 @@ class Written:
     w2: torch.Tensor  # [E, H, I]
     dense: dict[str, torch.Tensor]  # router / shared-expert weights as the producer dequantizes them
     original: dict[str, torch.Tensor] | None = None  # the float weights before quantization
+    blocks: list | None = None  # every MoE block of the checkpoint (write_compressed_tensors)
 
 
 # --- the module -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Naming:
+    """How a family names its MoE block's modules."""
+
+    block: str = "mlp"
+    projections: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")  # gate, up, down
+    shared: str = "shared_experts"
+    shared_gate: bool = False  # Qwen2-MoE's shared_expert_gate [1, H]
+
+
+QWEN = Naming()
+MIXTRAL = Naming(block="block_sparse_moe", projections=("w1", "w3", "w2"))
+QWEN2_MOE = Naming(shared="shared_expert", shared_gate=True)
+
+
 class _Expert(nn.Module):
-    def __init__(self, h: int, i: int):
+    def __init__(self, h: int, i: int, names=QWEN.projections):
         super().__init__()
-        self.gate_proj, self.up_proj = nn.Linear(h, i, bias=False), nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
+        self.names = names
+        for name, (n, k) in zip(names, ((i, h), (i, h), (h, i))):
+            setattr(self, name, nn.Linear(k, n, bias=False))
 
 
 class _Block(nn.Module):
-    def __init__(self, e: int, h: int, i: int, shared: int | None, correction_bias: bool):
+    def __init__(self, e: int, h: int, i: int, shared: int | None, correction_bias: bool, naming: Naming):
         super().__init__()
         self.gate = nn.Linear(h, e, bias=False)
         if correction_bias:
             self.gate.register_buffer("e_score_correction_bias", torch.randn(e) * 0.1)
-        self.experts = nn.ModuleList(_Expert(h, i) for _ in range(e))
-        self.shared_experts = _Expert(h, shared) if shared else None
+        self.experts = nn.ModuleList(_Expert(h, i, naming.projections) for _ in range(e))
+        if shared:
+            setattr(self, naming.shared, _Expert(h, shared))
+        if naming.shared_gate:
+            self.shared_expert_gate = nn.Linear(h, 1, bias=False)
 
 
-def tiny_model(e: int, h: int, i: int, shared: int | None = None, correction_bias: bool = False) -> nn.Module:
-    """``model.layers.0.mlp.{gate, experts.{e}.{gate,up,down}_proj, shared_experts.*}``."""
-    layer, inner, model = nn.Module(), nn.Module(), nn.Module()
-    layer.mlp = _Block(e, h, i, shared, correction_bias)
-    inner.layers = nn.ModuleList([layer])
+def tiny_model(e: int, h: int, i: int, shared: int | None = None, correction_bias: bool = False,
+               naming: Naming = QWEN, dense_layers: int = 0, moe_layers: int = 1) -> nn.Module:
+    """``model.layers.{n}.mlp.{gate, experts.{e}.{gate,up,down}_proj, shared_experts.*}`` (names by
+    ``naming``), after ``dense_layers`` layers with a dense ``mlp.{gate,up,down}_proj``."""
+    inner, model = nn.Module(), nn.Module()
+    inner.layers = nn.ModuleList(nn.Module() for _ in range(dense_layers + moe_layers))
+    for n, layer in enumerate(inner.layers):
+        if n < dense_layers:
+            layer.mlp = _Expert(h, i)
+        else:
+            setattr(layer, naming.block, _Block(e, h, i, shared, correction_bias, naming))
     model.model = inner
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -112,13 +138,14 @@ def _minmax(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
 
 def calibration_inputs(model: nn.Module, tokens: int = 64) -> dict[str, torch.Tensor]:
     """What each expert projection sees for random tokens sent to every expert (float weights)."""
-    x = torch.randn(tokens, model.model.layers[0].mlp.gate.in_features)
+    x = torch.randn(tokens, next(model.parameters()).shape[-1])
     out = {}
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, _Expert):
-                out |= {f"{name}.gate_proj": x, f"{name}.up_proj": x,
-                        f"{name}.down_proj": nn.functional.silu(m.gate_proj(x)) * m.up_proj(x)}
+                gate, up, down = m.names
+                out |= {f"{name}.{gate}": x, f"{name}.{up}": x,
+                        f"{name}.{down}": nn.functional.silu(getattr(m, gate)(x)) * getattr(m, up)(x)}
     return out
 
 
@@ -153,17 +180,20 @@ def ct_scheme(preset: str | None = None, targets=("Linear",), input_activations=
 
 
 def write_compressed_tensors(path: Path, scheme, config=None, shared: int | None = None,
-                             correction_bias: bool = False, e=E, h=H, i=I) -> Written:
-    """Quantize a tiny model with ``scheme`` (the router ignored) and save it as compressed-tensors does."""
+                             correction_bias: bool = False, e=E, h=H, i=I, naming: Naming = QWEN,
+                             dense_layers: int = 0, moe_layers: int = 1) -> Written:
+    """Quantize a tiny model with ``scheme`` (the routers ignored) and save it as compressed-tensors
+    does. Returns the first MoE block; ``written.blocks`` has them all."""
     from compressed_tensors import ModelCompressor, QuantizationConfig
     from compressed_tensors.quantization import apply_quantization_config
     from safetensors.torch import save_file
 
-    model = tiny_model(e, h, i, shared, correction_bias)
+    model = tiny_model(e, h, i, shared, correction_bias, naming, dense_layers, moe_layers)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = calibration_inputs(model)
     config_groups = {"group_0": scheme}
-    apply_quantization_config(model, QuantizationConfig(config_groups=config_groups, ignore=["re:.*mlp.gate$"]),
+    ignore = ["re:.*(mlp|block_sparse_moe).gate$", "re:.*shared_expert_gate$"]
+    apply_quantization_config(model, QuantizationConfig(config_groups=config_groups, ignore=ignore),
                               show_progress=False)
     for name, module in model.named_modules():
         if isinstance(module, _Expert) and scheme.weights.strategy == "tensor_group":
@@ -176,9 +206,10 @@ def write_compressed_tensors(path: Path, scheme, config=None, shared: int | None
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
     compressor.update_config(str(path))
     compressor.decompress_model(model)  # the producer's own dequantization: the oracle
-    written = _written(path, model)
-    written.original = original
-    return written
+    blocks = [_written(path, model, n, naming) for n in range(dense_layers, dense_layers + moe_layers)]
+    for written in blocks:
+        written.original, written.blocks = original, blocks
+    return blocks[0]
 
 
 def _calibrate_fused_global(expert: _Expert) -> None:
@@ -186,28 +217,31 @@ def _calibrate_fused_global(expert: _Expert) -> None:
     ``update_fused_layer_weight_global_scales`` makes them (vLLM and moekit run them as one matrix)."""
     from compressed_tensors.quantization.utils.helpers import generate_gparam
 
-    gate_up = [expert.gate_proj, expert.up_proj]
-    fused = torch.min(*(generate_gparam(m.weight.amin(), m.weight.amax()) for m in gate_up))
-    for m in gate_up:
+    gate, up, down = (getattr(expert, name) for name in expert.names)
+    fused = torch.min(*(generate_gparam(m.weight.amin(), m.weight.amax()) for m in (gate, up)))
+    for m in (gate, up):
         calibrate(m, fused)
-    w = expert.down_proj.weight
-    calibrate(expert.down_proj, generate_gparam(w.amin(), w.amax()))
+    calibrate(down, generate_gparam(down.weight.amin(), down.weight.amax()))
 
 
 def _in_fused(model: nn.Module, module: nn.Module, scheme) -> bool:
     """Calibrated with its expert (nvfp4's fused global scale)."""
     return scheme.weights.strategy == "tensor_group" and any(
-        module in (x.gate_proj, x.up_proj, x.down_proj) for x in model.modules() if isinstance(x, _Expert))
+        module in x.children() for x in model.modules() if isinstance(x, _Expert))
 
 
-def _written(path: Path, model: nn.Module) -> Written:
-    block = model.model.layers[0].mlp
+def _written(path: Path, model: nn.Module, layer: int = 0, naming: Naming = QWEN) -> Written:
+    block = getattr(model.model.layers[layer], naming.block)
+    gate, up, down = naming.projections
     w = lambda name: torch.stack([getattr(x, name).weight.data.float() for x in block.experts])  # noqa: E731
     dense = {"router.weight": block.gate.weight.data.float()}
-    if block.shared_experts is not None:
-        dense |= {f"shared_experts.{p}.weight": getattr(block.shared_experts, p).weight.data.float()
+    shared = getattr(block, naming.shared, None)
+    if shared is not None:
+        dense |= {f"shared_experts.{p}.weight": getattr(shared, p).weight.data.float()
                   for p in ("gate_proj", "up_proj", "down_proj")}
-    return Written(path, "model.layers.0.mlp", torch.cat([w("gate_proj"), w("up_proj")], dim=1), w("down_proj"), dense)
+    if naming.shared_gate:
+        dense["shared_experts.shared_expert_gate.weight"] = block.shared_expert_gate.weight.data.float()
+    return Written(path, f"model.layers.{layer}.{naming.block}", torch.cat([w(gate), w(up)], dim=1), w(down), dense)
 
 
 def edit_config(path: Path, edit) -> None:
@@ -355,3 +389,18 @@ def write_gpt_oss_mxfp4(path: Path, e=E, h=H, i=I) -> Written:
     dense = {"router.weight": tensors[f"{p}router.weight"], "router.bias": tensors[f"{p}router.bias"],
              "w13_bias": tensors[f"{p}experts.gate_up_proj_bias"], "w2_bias": tensors[f"{p}experts.down_proj_bias"]}
     return Written(path, p.removesuffix("."), dq["gate_up_proj"], dq["down_proj"], dense)
+
+
+def mixtral_config(e=E, h=H, i=I, layers=1):
+    from transformers import MixtralConfig
+
+    return MixtralConfig(hidden_size=h, intermediate_size=i, num_local_experts=e, num_experts_per_tok=TOP_K,
+                         num_hidden_layers=layers, vocab_size=32, dtype="float32")
+
+
+def qwen2_moe_config(e=E, h=H, i=I, shared=I, layers=1, mlp_only_layers=()):
+    from transformers import Qwen2MoeConfig
+
+    return Qwen2MoeConfig(hidden_size=h, moe_intermediate_size=i, num_experts=e, num_experts_per_tok=TOP_K,
+                          shared_expert_intermediate_size=shared, num_hidden_layers=layers,
+                          mlp_only_layers=list(mlp_only_layers), vocab_size=32, dtype="float32")

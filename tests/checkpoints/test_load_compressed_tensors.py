@@ -97,3 +97,34 @@ def test_loads_in_bfloat16(written):
     layer = moekit.load(w.path, device="cpu", dtype=torch.bfloat16)[w.prefix]
     assert layer.dtype == torch.bfloat16
     assert_forward_matches(layer, reference_layer(layer, w.w13, w.w2, w.dense))
+
+
+def test_mixtral_names_and_several_blocks(tmp_path):
+    # block_sparse_moe.experts.{e}.w1 / w3 / w2 (gate, up, down), two MoE layers
+    from _producers import MIXTRAL, mixtral_config
+
+    w = write_compressed_tensors(tmp_path, ct_scheme("W4A16", group_size=64), config=mixtral_config(layers=2),
+                                 naming=MIXTRAL, moe_layers=2)
+    layers = moekit.load(w.path, dtype=torch.float32, device="cpu")
+    assert list(layers) == ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"]
+    for block in w.blocks:
+        layer = layers[block.prefix]
+        assert layer.quant == "w4a16-g64" and layer.routing.renormalize
+        torch.testing.assert_close(dequantized(layer)[0], block.w13, rtol=0, atol=1e-6)
+        assert_forward_matches(layer, reference_layer(layer, block.w13, block.w2, block.dense))
+
+
+def test_qwen2_moe_shared_expert_gate_and_a_dense_layer(tmp_path):
+    # layer 0 is a dense MLP (mlp_only_layers), skipped; shared_expert.* dequantized, its gate kept float
+    from _producers import QWEN2_MOE, qwen2_moe_config
+
+    w = write_compressed_tensors(tmp_path, ct_scheme("W8A16"), config=qwen2_moe_config(layers=2, mlp_only_layers=[0]),
+                                 shared=128, naming=QWEN2_MOE, dense_layers=1)
+    layers = moekit.load(w.path, dtype=torch.float32, device="cpu")
+    assert list(layers) == ["model.layers.1.mlp"]
+    layer = layers[w.prefix]
+    assert layer.shared_experts.shared_expert_gate is not None
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        torch.testing.assert_close(getattr(layer.shared_experts, name).weight,
+                                   w.dense[f"shared_experts.{name}.weight"], rtol=0, atol=1e-6)
+    assert_forward_matches(layer, reference_layer(layer, w.w13, w.w2, w.dense))
