@@ -27,12 +27,13 @@ from moekit.triton_ops import quant_formats as qf
 from moekit.triton_ops.activation_quant import RowMap, quantize_rows
 from moekit.triton_ops.align import align_pairs_by_expert
 from moekit.triton_ops.experts_kernels import fused_experts
+from moekit.triton_ops.quant_gemm import quant_block_k
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles
 
 SCHEMES = sorted(METHODS)
 W8A8 = [s for s in SCHEMES if not METHODS[s].spec.weight_only]
-# Row block 16; gemm1 K steps of 64 (2 or 4 groups of 32/16 per step, or one step inside a group of
-# 64/128); gemm2 a narrower K step.
+# Row block 16; gemm1 K steps of 64 (two groups of 32 per step, nvfp4's cut to 32 = two groups of 16,
+# or one step inside a group of 64/128); gemm2 a narrower K step.
 TILES = ExpertsTiles(16, GemmTiles(32, 64, 2), GemmTiles(32, 32, 1))
 
 
@@ -257,9 +258,11 @@ def test_default_quant_tiles_are_sound(scheme, tokens):
         assert g.block_k >= 32 and g.block_n >= 16  # fp8 / int8 dots take K steps of 32
         if not spec.weight_only and spec.act_group > 0:
             assert 128 % g.block_k == 0
-    if tokens == 1 and spec.weight.packed:  # decode: narrower 4-bit tiles than bf16's
-        bf16 = default_tiles(TableKey("Some GPU", 128, 8, 2048, 768, torch.bfloat16), tokens)
-        assert tiles.gemm1.block_n < bf16.gemm1.block_n
+    if spec.weight_only:  # the weight-only loop: at most two scale groups per K step, 16 columns per dot
+        for g in (tiles.gemm1, tiles.gemm2):
+            k_step = quant_block_k(spec, g.block_k)
+            assert k_step >= (32 if spec.weight.packed else 16)
+            assert spec.group_k == 0 or k_step <= 2 * spec.group_k
 
 
 # -- number formats in Triton ---------------------------------------------------------------------

@@ -59,6 +59,8 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
                 part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N,
                                                  GROUP_K)[None, :]
             acc = acc + part
+        elif A_QUANT == 1:  # fp8: sm90's fp8 MMA accumulates imprecisely: into fp32 once per K step
+            acc = tl.dot(a, w, acc, out_dtype=acc.dtype, max_num_imprecise_acc=BLOCK_K)
         else:  # (int8 dots name their int32 result: triton 3.6 refuses an int32 acc otherwise)
             acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
     return acc

@@ -131,9 +131,11 @@ def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
     """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles),
     chosen from sm90 builds without spills (registers read from the compiled kernels).
 
-    Decode streams the weights: narrow gemm1 tiles (BLOCK_N 16: twice the programs of bf16's, each
-    reading a 64- or 128-byte run per weight row and K step) keep enough loads in flight over all
-    SMs. Weight-only prefill keeps the bf16 shapes with 128-wide K steps (the dequantization is paid
+    Decode streams the weights. w8a8: narrow gemm1 tiles (BLOCK_N 16: twice the programs of bf16's,
+    each reading a 128-byte run per weight row and K step) keep enough loads in flight over all SMs.
+    Weight-only: the dequantization is paid per weight element whatever the rows, so wider tiles
+    (32 / 64) that share the activations' handling over more weight columns measured best (a tile
+    sweep on an H200 at Qwen3-30B and gpt-oss shapes, 1 and 16 tokens). Weight-only prefill keeps the bf16 shapes with 128-wide K steps (the dequantization is paid
     once per weight tile, shared by BLOCK_M rows). w8a8 prefill runs fp8 / int8 tensor cores with
     K steps of 128 (one fp8-block128 scale block); gemm1's BLOCK_N 128 is one 128-column activation
     group, so fp8-block128 quantizes gemm2's input in gemm1's epilogue (BLOCK_M 64: 128 rows with
@@ -141,6 +143,9 @@ def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
     from moekit.quant.registry import method_for
 
     spec = method_for(scheme).spec
+    if rows_per_expert <= 16 and spec.weight_only:  # H200 sweep (weight_only_loop): 32/64-wide tiles
+        k_step = 64 if spec.weight.packed else 128
+        return ExpertsTiles(16, GemmTiles(32, k_step, 1, 4, 2), GemmTiles(64, k_step, 1, 4, 2))
     if rows_per_expert <= 16:
         return ExpertsTiles(16, GemmTiles(16, 128, 1, 4, 4), GemmTiles(32, 128, 1, 4, 4))
     if rows_per_expert <= 48:
