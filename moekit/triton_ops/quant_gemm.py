@@ -3,7 +3,8 @@ weighted epilogue as experts_kernels.py, with weights read in moekit's quantized
 dequantized per tile (quant_tiles.py); no dequantized copy of the weights ever exists.
 
 - weight-only (w4a16-*, w8a16-*, mxfp4, nvfp4): packed / int8 tiles dequantized to the
-  activations' dtype, dot in that dtype, fp32 accumulate.
+  activations' dtype, dot in that dtype, fp32 accumulate (weight_only_loop.py; act-order g_idx
+  gathers each column's group through quant_tiles.dequantized_tile).
 - w8a8 (fp8-*, int8-w8a8): the GEMM input arrives quantized (activation_quant.py), the dot runs on
   fp8 / int8 tensor cores (fp32 / int32 accumulate) and the scales multiply its result. gemm1 can
   quantize its own output for gemm2 in the epilogue when one output tile is one scale group
