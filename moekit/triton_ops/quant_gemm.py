@@ -45,10 +45,9 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
          DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked.
     (Branches end in one place: the compiler keeps generating code after an early return.)"""
-    if A_QUANT == 0:
+    if A_QUANT == 0:  # weight-only reaches here with act-order only (else weight_only_loop.py)
         w = dequantized_tile(w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K, stride_wn, stride_wk,
-                             stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, HAS_G_IDX, BLOCK_K, BLOCK_N,
-                             a.dtype)
+                             stride_sn, stride_sk, WFMT, SFMT, HAS_ZERO, BLOCK_K, BLOCK_N, a.dtype)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
     else:
         w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)

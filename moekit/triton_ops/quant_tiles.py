@@ -73,13 +73,13 @@ def _group_scale(s_ptrs, mask, WFMT: tl.constexpr, SFMT: tl.constexpr):
 @triton.jit
 def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
                      stride_dn, stride_dk, stride_sn, stride_sk,
-                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
-                     HAS_G_IDX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                     DOT_DTYPE: tl.constexpr):
-    """Weight-only: the [BLOCK_K, BLOCK_N] tile (input columns k0.., weight rows ``rows``) as
-    DOT_DTYPE values. Built as [BLOCK_N, BLOCK_K] (K contiguous in memory, where the two nibbles of
-    a byte are neighbours) and transposed at the end. Columns past K come out finite; the
-    activations there are zero. Per element: a few integer ops, one subtract, one multiply."""
+                     WFMT: tl.constexpr, SFMT: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """Weight-only with act-order (GPTQ ``g_idx``): the [BLOCK_K, BLOCK_N] tile (input columns
+    k0.., weight rows ``rows``) as DOT_DTYPE values, each column's scale and zero point gathered
+    through g_idx. Built as [BLOCK_N, BLOCK_K] (K contiguous in memory, where the two nibbles of a
+    byte are neighbours) and transposed at the end. Columns past K come out finite; the activations
+    there are zero. (Without g_idx the weight-only GEMMs run weight_only_loop.py.)"""
     ks = k0 + tl.arange(0, BLOCK_K)
     k_ok = ks < K
     if WFMT >= 2:
@@ -90,30 +90,10 @@ def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
     else:
         codes = tl.load(d_ptr + rows[:, None] * stride_dn + ks[None, :] * stride_dk,
                         mask=row_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
-    if GROUP_K == 0:  # one group spans K: the zero point per row here, the scale in the epilogue
-        w = _values(codes, _zero(z_ptr + rows[:, None] * stride_sn, row_ok[:, None], WFMT, HAS_ZERO), WFMT)
-        if WFMT == 3:
-            w = w * E2M1_UNBIAS
-    elif HAS_G_IDX:  # act-order: each column's group from g_idx
-        groups = tl.load(g_ptr + ks, mask=k_ok, other=0)
-        offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
-        ok = row_ok[:, None] & k_ok[None, :]
-        w = _values(codes, _zero(z_ptr + offs, ok, WFMT, HAS_ZERO), WFMT) * _group_scale(s_ptr + offs, ok, WFMT, SFMT)
-    elif GROUP_K % BLOCK_K == 0:  # the tile lies in one group: one scale per row
-        offs = rows[:, None] * stride_sn + (k0 // GROUP_K) * stride_sk
-        w = _values(codes, _zero(z_ptr + offs, row_ok[:, None], WFMT, HAS_ZERO), WFMT)
-        w = w * _group_scale(s_ptr + offs, row_ok[:, None], WFMT, SFMT)
-    else:  # BLOCK_K / GROUP_K groups per tile: load each group's scale once, broadcast it
-        NUM_GROUPS: tl.constexpr = BLOCK_K // GROUP_K
-        groups = k0 // GROUP_K + tl.arange(0, NUM_GROUPS)
-        offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
-        ok = row_ok[:, None] & (groups * GROUP_K < K)[None, :]
-        codes3 = tl.reshape(codes, (BLOCK_N, NUM_GROUPS, GROUP_K))
-        zero = _zero(z_ptr + offs, ok, WFMT, HAS_ZERO)
-        if HAS_ZERO:
-            zero = zero[:, :, None]
-        w3 = _values(codes3, zero, WFMT)
-        w = tl.reshape(w3 * _group_scale(s_ptr + offs, ok, WFMT, SFMT)[:, :, None], (BLOCK_N, BLOCK_K))
+    groups = tl.load(g_ptr + ks, mask=k_ok, other=0)
+    offs = rows[:, None] * stride_sn + groups[None, :] * stride_sk
+    ok = row_ok[:, None] & k_ok[None, :]
+    w = _values(codes, _zero(z_ptr + offs, ok, WFMT, HAS_ZERO), WFMT) * _group_scale(s_ptr + offs, ok, WFMT, SFMT)
     return tl.trans(w.to(DOT_DTYPE))
 
 
