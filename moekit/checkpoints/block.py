@@ -23,7 +23,7 @@ from moekit.checkpoints import compressed_tensors, gpt_oss_mxfp4, hf_fp8
 from moekit.checkpoints.per_expert import Experts, module_names, read_per_expert
 from moekit.checkpoints.projection import PendingProjection
 from moekit.integrations.hf_state_dict import _read_experts as _read_float_experts
-from moekit.integrations.hf_state_dict import _Reader
+from moekit.integrations.hf_state_dict import _Reader, shared_expert_projections
 from moekit.layer import MoE
 from moekit.quant.dequant import dequantize
 from moekit.quant.factory import COMPRESSED_TENSORS, HF_FP8, LayerQuant, layer_quant
@@ -123,11 +123,8 @@ def _read_shared(layer: MoE, reader: _Reader, quant_of) -> dict[str, Callable]:
     shared = layer.shared_experts
     if shared is None:
         return {}
-    h, si = layer.hidden_size, shared.up_proj.out_features
-    base = "shared_expert" if any(k.startswith("shared_expert.") for k in reader.tensors) else "shared_experts"
-    shapes = {"up_proj": (si, h), "down_proj": (h, si)}
-    if shared.gate_proj is not None:
-        shapes = {"gate_proj": (si, h), **shapes}
+    h = layer.hidden_size
+    base, shapes = shared_expert_projections(layer, reader.tensors)
     out = {f"shared_experts.{p}.weight": _dense_weight(layer, reader, f"{base}.{p}", shape, quant_of)
            for p, shape in shapes.items()}
     if shared.shared_expert_gate is not None:

@@ -238,15 +238,24 @@ def _assemble(parts: list[torch.Tensor], layer: MoE) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def shared_expert_projections(layer: MoE, names) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Where a block's shared experts live among the tensor ``names`` (Qwen2-MoE's "shared_expert"
+    or DeepSeek's "shared_experts") and each projection's [out, in] shape."""
+    shared = layer.shared_experts
+    h, si = layer.hidden_size, shared.up_proj.out_features
+    base = "shared_expert" if any(k.startswith("shared_expert.") for k in names) else "shared_experts"
+    projections = {"up_proj": (si, h), "down_proj": (h, si)}
+    if shared.gate_proj is not None:
+        projections = {"gate_proj": (si, h), **projections}
+    return base, projections
+
+
 def _read_shared(layer: MoE, reader: _Reader) -> dict[str, torch.Tensor]:
     shared = layer.shared_experts
     if shared is None:
         return {}
-    h, si = layer.hidden_size, shared.up_proj.out_features
-    base = "shared_expert" if any(k.startswith("shared_expert.") for k in reader.tensors) else "shared_experts"
-    projections = {"up_proj": (si, h), "down_proj": (h, si)}
-    if shared.gate_proj is not None:
-        projections = {"gate_proj": (si, h), **projections}
+    h = layer.hidden_size
+    base, projections = shared_expert_projections(layer, reader.tensors)
     out = {f"shared_experts.{p}.weight": reader.take(f"{base}.{p}.weight", shape, f"shared {p}")
            for p, shape in projections.items()}
     if shared.shared_expert_gate is not None:
