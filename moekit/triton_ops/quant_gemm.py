@@ -28,13 +28,16 @@ from moekit.triton_ops.align import AlignedPairs
 from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids
 from moekit.triton_ops.launcher import cdiv, launch
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
-from moekit.triton_ops.quant_tiles import as_codes, block_weight_scale, code_tile, dequantized_tile, row_weight_factor
+from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
 from moekit.triton_ops.tile_configs import GemmTiles
 from moekit.triton_ops.weight_only_loop import weight_only_mainloop
 
 WFMT = {WeightFormat.FP8: 0, WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
 SFMT = {ScaleFormat.FP32: 0, ScaleFormat.E8M0: 1, ScaleFormat.E4M3: 2}
 AQUANT = {ActQuant.NONE: 0, ActQuant.FP8: 1, ActQuant.INT8: 2}
+# fp8 dots without K-blocked scales: add each K step's wgmma result into fp32 (True) or let Hopper's
+# reduced-precision accumulator run over the whole K (docs/facts.md: ~2x the error)
+FP8_PROMOTED_ACCUMULATION = True
 
 
 @triton.jit
@@ -42,7 +45,7 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
          stride_wn, stride_wk, stride_sn, stride_sk,
          WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
          HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
-         DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+         DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked.
     (Branches end in one place: the compiler keeps generating code after an early return.)"""
     if A_QUANT == 0:  # weight-only reaches here with act-order only (else weight_only_loop.py)
@@ -59,8 +62,10 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
                 part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N,
                                                  GROUP_K)[None, :]
             acc = acc + part
-        elif A_QUANT == 1:  # fp8: sm90's fp8 MMA accumulates imprecisely: into fp32 once per K step
+        elif A_QUANT == 1 and FP8_PROMOTE:  # sm90's fp8 MMA accumulates imprecisely: into fp32 once per K step
             acc = tl.dot(a, w, acc, out_dtype=acc.dtype, max_num_imprecise_acc=BLOCK_K)
+        elif A_QUANT == 1:
+            acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
         else:  # (int8 dots name their int32 result: triton 3.6 refuses an int32 acc otherwise)
             acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
     return acc
@@ -89,8 +94,8 @@ def _gemm1_quant(
     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
@@ -124,16 +129,16 @@ def _gemm1_quant(
         a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             k0 = k * BLOCK_K
-            a = as_codes(tl.load(a_ptrs, mask=row_ok[:, None] & (ks < K - k0)[None, :], other=0), A_QUANT == 1)
+            a = load_codes(a_ptrs, row_ok[:, None] & (ks < K - k0)[None, :], A_QUANT == 1)
             if A_GROUP > 0:
                 a_block_scale = tl.load(xs_ptr + tokens * stride_xsm + k0 // A_GROUP, mask=row_ok, other=0.0)
             acc_g = _mma(acc_g, a, a_block_scale, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
                          stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                         HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+                         HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
             if GATED:
                 acc_u = _mma(acc_u, a, a_block_scale, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
                              stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                             HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+                             HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
             a_ptrs += BLOCK_K
     a_factor = _act_factor(xs_ptr, tokens, row_ok, stride_xsm, A_QUANT, A_GROUP)
     gs_ptr = wgs_ptr + expert
@@ -156,7 +161,7 @@ def _gemm1_quant(
         scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(h), 1), QMAX), 1e-12)
         tl.store(out_scale_ptr + rows.to(tl.int64) * stride_osm + pid_n, scale)
         codes = quantize_values(h, scale[:, None], OUT_QUANT == 1)
-        if OUT_QUANT == 1:
+        if OUT_QUANT == 1 and out_ptr.dtype.element_ty == tl.uint8:  # the interpreter's fp8 (see _bytes)
             codes = codes.to(tl.uint8, bitcast=True)
         tl.store(out_ptrs, codes, mask=col_ok[None, :])
     else:
@@ -176,7 +181,7 @@ def _gemm2_quant(
     stride_be, stride_bn, stride_om,
     HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
-    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
@@ -206,12 +211,12 @@ def _gemm2_quant(
         a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             k0 = k * BLOCK_K
-            a = as_codes(tl.load(a_ptrs, mask=(ks < K - k0)[None, :], other=0), A_QUANT == 1)
+            a = load_codes(a_ptrs, (ks < K - k0)[None, :], A_QUANT == 1)
             if A_GROUP > 0:
                 a_block_scale = tl.load(as_ptr + arows * stride_asm + k0 // A_GROUP)
             acc = _mma(acc, a, a_block_scale, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
                        stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                       HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, BLOCK_K, BLOCK_N)
+                       HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
             a_ptrs += BLOCK_K
     y = acc.to(tl.float32) * _act_factor(as_ptr, arows, all_rows, stride_asm, A_QUANT, A_GROUP)
     y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, WFMT, SFMT, GROUP_N, GROUP_K,
@@ -224,8 +229,8 @@ def _gemm2_quant(
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """fp8 tensors go to the kernels as their bytes (see quant_tiles.as_codes)."""
-    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+    """fp8 tensors go to the interpreter (CPU tensors) as their bytes (see quant_tiles.load_codes)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn and t.device.type == "cpu" else t
 
 
 def _weight_args(m: QuantizedMatrix):
@@ -324,6 +329,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
              **_weight_constexprs(spec, w13), A_QUANT=AQUANT[spec.act], A_GROUP=_act_group(spec),
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
+             FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0),
         g.num_warps, g.num_stages)
     return out
@@ -354,7 +360,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
          a.stride(0), a_scale_t.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, sge,
          bias.stride(0), bias.stride(-1), out_rows.stride(0)),
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
-             A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype),
+             A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0),
         g.num_warps, g.num_stages)
     return out_rows

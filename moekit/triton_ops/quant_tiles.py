@@ -98,21 +98,24 @@ def dequantized_tile(d_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
 
 
 @triton.jit
-def as_codes(raw, IS_FP8: tl.constexpr):
-    """fp8 codes travel as bytes (a masked fp8 load cannot take other=0 in the interpreter)."""
-    if IS_FP8:
-        return raw.to(tl.float8e4nv, bitcast=True)
+def load_codes(ptrs, mask, IS_FP8: tl.constexpr):
+    """A masked load of w8a8 codes, zero where masked. fp8 codes travel as bytes under the
+    interpreter (a masked fp8 load cannot take other=0 there) and as fp8 on a GPU (bitcasting loaded
+    bytes sends the tile through registers and back to shared memory before every wgmma)."""
+    if IS_FP8 and ptrs.dtype.element_ty == tl.uint8:
+        return tl.load(ptrs, mask=mask, other=0).to(tl.float8e4nv, bitcast=True)
+    elif IS_FP8:
+        return tl.load(ptrs, mask=mask, other=0.0)
     else:
-        return raw
+        return tl.load(ptrs, mask=mask, other=0)
 
 
 @triton.jit
 def code_tile(d_ptr, rows, row_ok, k_ok, k0, stride_dn, stride_dk, WFMT: tl.constexpr, BLOCK_K: tl.constexpr):
     """w8a8: the raw fp8 / int8 codes [BLOCK_K, BLOCK_N] (K-major, as fp8 wgmma wants them)."""
     ks = k0 + tl.arange(0, BLOCK_K)
-    raw = tl.load(d_ptr + ks[:, None] * stride_dk + rows[None, :] * stride_dn,
-                  mask=k_ok[:, None] & row_ok[None, :], other=0)
-    return as_codes(raw, WFMT == 0)
+    return load_codes(d_ptr + ks[:, None] * stride_dk + rows[None, :] * stride_dn, k_ok[:, None] & row_ok[None, :],
+                      WFMT == 0)
 
 
 @triton.jit
