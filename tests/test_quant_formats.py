@@ -98,3 +98,10 @@ def test_fp8_cast_saturates_instead_of_nan():
 def test_int_ranges():
     assert formats.int_range(4, signed=False) == (0, 15)
     assert formats.int_range(8, signed=True) == (-128, 127)
+
+
+def test_divide_rounds_once_like_float64_division():
+    # scales are amax / 448: the once-rounded quotient, which a reciprocal multiply misses at times
+    amax = torch.rand(4096) * 8
+    for number in (448.0, 127, 6.0, 15):
+        assert torch.equal(formats.divide(amax, number), (amax.double() / number).float())

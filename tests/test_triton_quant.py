@@ -197,8 +197,8 @@ def test_layer_with_triton_backend_matches_reference_layer(scheme):
 @pytest.mark.parametrize("one_program", [True, False])
 @pytest.mark.parametrize("scheme", W8A8)
 def test_activation_quant_matches_quantize_activations(scheme, one_program, monkeypatch):
-    if not one_program:  # per tensor: the atomic maximum over many programs instead of one program
-        monkeypatch.setattr(activation_quant, "ONE_PROGRAM_MAX_ELEMENTS", 0)
+    if not one_program:  # per tensor: the atomic maximum over a grid of one-row programs
+        monkeypatch.setattr(activation_quant, "AMAX_TILE_ELEMENTS", 1)
     spec = METHODS[scheme].spec
     x = torch.randn(37, 200) * torch.logspace(-3, 1, 200)  # partial last 128-group; fp8 subnormals
     x[3, 199], x[3, 7], x[3, 8] = 127.0, 2.5, -3.5  # int8 per row: scale 1, two exact ties (-> 2, -4)

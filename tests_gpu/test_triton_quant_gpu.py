@@ -135,3 +135,18 @@ def test_4bit_weights_never_dequantized_in_memory(scheme):
     peak = torch.cuda.max_memory_allocated() - before
     # The forward's own buffers (aligned rows, activated rows, pair rows) are a few MiB here.
     assert peak < dequantized_bytes / 10, f"forward allocated {peak / 2**20:.1f} MiB at its peak"
+
+
+@pytest.mark.parametrize("scheme", ["fp8-block128", "fp8-per-channel", "fp8-per-tensor", "int8-w8a8"])
+def test_reference_activation_quantization_same_on_cuda_as_on_cpu(scheme):
+    # bf16 activations often sit exactly between two fp8 codes once divided by their scale: a scale
+    # one ulp off (CUDA divides by a Python number through its reciprocal) moved ~0.1% of the codes
+    # and put the GPU reference 1.2-1.4e-2 away from the kernel for fp8-block128.
+    from moekit.quant.dequant import quantize_activations
+
+    spec = METHODS[scheme].spec
+    x = torch.randn(64, 2048, device="cuda", dtype=torch.bfloat16).float()
+    codes, scale = quantize_activations(x, spec)
+    codes_cpu, scale_cpu = quantize_activations(x.cpu(), spec)
+    assert torch.equal(scale.cpu(), scale_cpu)
+    assert torch.equal(codes.cpu().view(torch.uint8), codes_cpu.view(torch.uint8))

@@ -72,7 +72,7 @@ def quantize_activations(x: torch.Tensor, spec: QuantSpec, static_scale: torch.T
         else:  # per token per group of columns; a partial last group is padded with zeros
             g = spec.act_group
             groups = torch.nn.functional.pad(xf, (0, -k % g)).reshape(t, -(-k // g), g)
-        scale = (groups.abs().amax(dim=-1) / qmax).clamp(min=1e-12)  # [t or 1, groups]
+        scale = formats.divide(groups.abs().amax(dim=-1), qmax).clamp(min=1e-12)  # [t or 1, groups]
         groups = groups.reshape(scale.shape[0], scale.shape[1], -1)
     q = groups / scale[..., None]
     if spec.act is ActQuant.FP8:

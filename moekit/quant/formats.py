@@ -75,6 +75,13 @@ def mx_scale_for(amax: torch.Tensor) -> torch.Tensor:
     return (exp + E8M0_BIAS).clamp(0, 254).to(torch.uint8)
 
 
+def divide(x: torch.Tensor, number: float) -> torch.Tensor:
+    """x / number rounded once, on every device. CUDA turns a division by a Python number into a
+    multiplication by its reciprocal, one ulp off at times: a scale one ulp off moves values that
+    sit exactly between two codes (bf16 activations do, often) to the other code."""
+    return x / torch.tensor(number, dtype=x.dtype, device=x.device)
+
+
 def to_fp8(x: torch.Tensor) -> torch.Tensor:
     """Saturating cast to e4m3fn (a plain cast turns out-of-range values into NaN)."""
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)

@@ -29,7 +29,7 @@ class Fp8Method(QuantMethod):
     def quantize(self, w: torch.Tensor) -> QuantizedMatrix:
         e, n, k = w.shape
         self.check_divisible("weight", n, k)
-        scale = (blockwise_amax(w, self.spec) / formats.FP8_MAX).clamp(min=1e-12)
+        scale = formats.divide(blockwise_amax(w, self.spec), formats.FP8_MAX).clamp(min=1e-12)
         data = formats.to_fp8(w.float() / expand_blocks(scale, self.spec, n, k))
         return QuantizedMatrix(data=data, scale=scale)
 

@@ -36,14 +36,14 @@ class IntWeightOnlyMethod(QuantMethod):
             blocks = wf.reshape(e, n // gn, gn, k // gk, gk)
             lo = blocks.amin(dim=(2, 4)).clamp(max=0.0)
             hi = blocks.amax(dim=(2, 4)).clamp(min=0.0)
-            scale = ((hi - lo) / (hi_code - lo_code)).clamp(min=1e-12)
+            scale = formats.divide(hi - lo, hi_code - lo_code).clamp(min=1e-12)
             zero = (lo_code - lo / scale).round().clamp(lo_code, hi_code)
             codes = (wf / expand_blocks(scale, spec, n, k) + expand_blocks(zero, spec, n, k)).round()
             codes = codes.clamp(lo_code, hi_code)
             zero = zero.to(torch.uint8 if bits == 4 else torch.int8)
         else:
             qmax = (1 << (bits - 1)) - 1
-            scale = (blockwise_amax(w, spec) / qmax).clamp(min=1e-12)
+            scale = formats.divide(blockwise_amax(w, spec), qmax).clamp(min=1e-12)
             codes = (wf / expand_blocks(scale, spec, n, k)).round().clamp(-qmax - 1, qmax)
             zero = None
             if bits == 4:

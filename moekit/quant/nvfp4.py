@@ -21,8 +21,8 @@ class Nvfp4Method(QuantMethod):
     def quantize(self, w: torch.Tensor) -> QuantizedMatrix:
         e, n, k = w.shape
         self.check_divisible("weight", n, k)
-        block_scale = blockwise_amax(w, self.spec) / formats.E2M1_MAX  # [E, N, K/16] fp32
-        global_scale = (block_scale.amax(dim=(1, 2)) / formats.FP8_MAX).clamp(min=1e-12)  # [E]
+        block_scale = formats.divide(blockwise_amax(w, self.spec), formats.E2M1_MAX)  # [E, N, K/16] fp32
+        global_scale = formats.divide(block_scale.amax(dim=(1, 2)), formats.FP8_MAX).clamp(min=1e-12)  # [E]
         scale = formats.to_fp8(block_scale / global_scale[:, None, None])
         effective = scale.float() * global_scale[:, None, None]
         effective = torch.where(effective > 0, effective, torch.ones_like(effective))  # all-zero blocks

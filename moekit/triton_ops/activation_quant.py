@@ -19,8 +19,7 @@ from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantSpec
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 
-AMAX_ROWS = 32  # rows per program of the per-tensor maximum: few atomics on one address
-ONE_PROGRAM_MAX_ELEMENTS = 1 << 17  # a per-tensor scale of an input this small: one launch, no atomics
+AMAX_TILE_ELEMENTS = 1 << 14  # per program of the per-tensor maximum: few atomics on one address
 
 
 @dataclass(frozen=True)
@@ -53,16 +52,14 @@ class RowMap:
 @triton.jit
 def _amax_of_rows(x_ptr, amax_ptr, sorted_ptr, num_rows_ptr, R, K, num_pairs, stride_xm,
                   HAS_ROW_MAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """amax[0] = max(amax[0], max |x| over this program's real rows): one atomic per program."""
+    """amax[0] = max(amax[0], max |x| over this program's tile of the real rows): one load and one
+    atomic per program, so a decode-sized input costs one round trip to memory, not a loop of them."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     real, _ = _real_rows(sorted_ptr, num_rows_ptr, rows, R, num_pairs, HAS_ROW_MAP)
-    ks = tl.arange(0, BLOCK_K)
-    best = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + (k0 + ks)[None, :],
-                    mask=real[:, None] & (k0 + ks < K)[None, :], other=0.0)
-        best = tl.maximum(best, tl.abs(x.to(tl.float32)))
-    tl.atomic_max(amax_ptr, tl.max(tl.max(best, 1), 0))
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + ks[None, :],
+                mask=real[:, None] & (ks < K)[None, :], other=0.0)
+    tl.atomic_max(amax_ptr, tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0))
 
 
 @triton.jit
@@ -73,37 +70,6 @@ def _real_rows(sorted_ptr, num_rows_ptr, rows, R, num_pairs, HAS_ROW_MAP: tl.con
         written = written & (rows < tl.load(num_rows_ptr))
         return written & (tl.load(sorted_ptr + rows, mask=written, other=num_pairs) < num_pairs), written
     return written, written
-
-
-@triton.jit
-def _quantize_per_tensor_one_program(x_ptr, codes_ptr, scale_ptr, tensor_scale_ptr, sorted_ptr, num_rows_ptr,
-                                     R, K, num_pairs, stride_xm, stride_cm,
-                                     IS_FP8: tl.constexpr, STATIC: tl.constexpr, HAS_ROW_MAP: tl.constexpr,
-                                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Small inputs (decode): the maximum and the codes in one program, two passes over x."""
-    QMAX: tl.constexpr = FP8_MAX if IS_FP8 else INT8_MAX
-    r_idx = tl.arange(0, BLOCK_R)
-    ks = tl.arange(0, BLOCK_K)
-    if STATIC:
-        scale = tl.load(tensor_scale_ptr)
-    else:
-        best = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-        for r0 in range(0, R, BLOCK_R):
-            real, _ = _real_rows(sorted_ptr, num_rows_ptr, r0 + r_idx, R, num_pairs, HAS_ROW_MAP)
-            for k0 in range(0, K, BLOCK_K):
-                x = tl.load(x_ptr + (r0 + r_idx).to(tl.int64)[:, None] * stride_xm + (k0 + ks)[None, :],
-                            mask=real[:, None] & (k0 + ks < K)[None, :], other=0.0)
-                best = tl.maximum(best, tl.abs(x.to(tl.float32)))
-        scale = tl.maximum(tl.math.div_rn(tl.max(tl.max(best, 1), 0), QMAX), 1e-12)
-    tl.store(scale_ptr, scale)
-    for r0 in range(0, R, BLOCK_R):
-        real, written = _real_rows(sorted_ptr, num_rows_ptr, r0 + r_idx, R, num_pairs, HAS_ROW_MAP)
-        for k0 in range(0, K, BLOCK_K):
-            offs = (r0 + r_idx).to(tl.int64)[:, None]
-            k_ok = (k0 + ks < K)[None, :]
-            x = tl.load(x_ptr + offs * stride_xm + (k0 + ks)[None, :], mask=real[:, None] & k_ok, other=0.0)
-            codes = quantize_values(x.to(tl.float32), scale, IS_FP8)
-            tl.store(codes_ptr + offs * stride_cm + (k0 + ks)[None, :], codes, mask=written[:, None] & k_ok)
 
 
 @triton.jit
@@ -175,17 +141,13 @@ def quantize_rows(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor |
         tensor_scale = static_scale.reshape(1).to(torch.float32)
     if per_tensor and not static and amax is not None:
         tensor_scale = amax
-    elif per_tensor and r * k <= ONE_PROGRAM_MAX_ELEMENTS:
-        launch(_quantize_per_tensor_one_program, (1,),
-               (x, codes, scale, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0), codes.stride(0)),
-               dict(IS_FP8=spec.act is ActQuant.FP8, STATIC=static, HAS_ROW_MAP=row_map is not None,
-                    BLOCK_R=16, BLOCK_K=min(256, next_pow2(k))), 8, 1)
-        return QuantizedRows(codes, scale)
     elif per_tensor and not static:
         tensor_scale = torch.zeros(1, dtype=torch.float32, device=x.device)
-        launch(_amax_of_rows, (cdiv(r, AMAX_ROWS),),
+        block_k = min(1024, next_pow2(k))
+        block_r = min(next_pow2(r), max(1, AMAX_TILE_ELEMENTS // block_k))
+        launch(_amax_of_rows, (cdiv(r, block_r), cdiv(k, block_k)),
                (x, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0)),
-               dict(HAS_ROW_MAP=row_map is not None, BLOCK_R=AMAX_ROWS, BLOCK_K=min(256, next_pow2(k))), 4, 2)
+               dict(HAS_ROW_MAP=row_map is not None, BLOCK_R=block_r, BLOCK_K=block_k), 4, 1)
     group = spec.act_group if spec.act_group > 0 else next_pow2(k)
     launch(_quantize_rows, (r,),
            (x, codes, scale, tensor_scale, sorted_pairs, num_rows, k, num_pairs, x.stride(0), codes.stride(0),
