@@ -4,6 +4,7 @@ other backend was refused or passed over."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from moekit.oracle import Selection
 from moekit.problem import MoEProblem
@@ -14,6 +15,7 @@ class Explanation:
     problem: MoEProblem
     selection: Selection
     kernel: str  # "prepare/finalize x experts"
+    parallel: Any = None  # ep.selection.ParallelChoice of an expert-parallel layer
 
     @property
     def backend(self) -> str:
@@ -32,6 +34,8 @@ class Explanation:
         width = max(len("backend"), *(len(r[0]) for r in rows))
         lines = [self.summary(), f"kernel: {self.kernel}", f"{'backend':<{width}}  status   reason"]
         lines += [f"{name:<{width}}  {status:<7}  {reason}" for name, status, reason in rows]
+        if self.parallel is not None:
+            lines += self.parallel.describe()
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -17,7 +17,7 @@ from moekit.explain import Explanation
 from moekit.hardware import current_environment, default_device
 from moekit.kernel.build import build_kernel
 from moekit.parallel import ExpertParallel
-from moekit.problem import MoEProblem
+from moekit.problem import MoEProblem, ParallelLayout
 from moekit.quant import QuantizedMatrix, method_for, parse_quant
 from moekit.routing import RoutingConfig, route_with_config
 from moekit.shared_experts import SharedExperts
@@ -67,8 +67,6 @@ class MoE(nn.Module):
         check_top_k(top_k, num_experts)
         if apply_router_weight_on_input:
             check_router_weight_on_input(top_k)
-        if parallel is not None:
-            raise NotImplementedError("expert parallelism (parallel=ExpertParallel(...)) is not built yet")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         self.num_experts, self.top_k = num_experts, top_k
@@ -82,18 +80,20 @@ class MoE(nn.Module):
         self.router_dtype = router_dtype  # None: the router runs in the layer's dtype (DeepSeek-V3: fp32)
         self.backend_request = backend
         factory = {"dtype": dtype, "device": torch.device(device) if device is not None else default_device()}
+        self._set_parallel(parallel, factory["device"])
+        e_local = self.num_local_experts
 
         self.router = nn.Linear(hidden_size, num_experts, bias=router_bias, **factory)
         correction = torch.zeros(num_experts, dtype=torch.float32, device=factory["device"])
         self.register_buffer("correction_bias", correction if self.routing.correction_bias else None)
         gemm1_rows = 2 * intermediate_size if self.activation.gated else intermediate_size
         if self.quant_method is None:
-            self.w13 = nn.Parameter(torch.empty(num_experts, gemm1_rows, hidden_size, **factory))
-            self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size, **factory))
+            self.w13 = nn.Parameter(torch.empty(e_local, gemm1_rows, hidden_size, **factory))
+            self.w2 = nn.Parameter(torch.empty(e_local, hidden_size, intermediate_size, **factory))
         else:
             self._register_quantized(gemm1_rows, factory["device"])
-        self.w13_bias = nn.Parameter(torch.empty(num_experts, gemm1_rows, **factory)) if expert_bias else None
-        self.w2_bias = nn.Parameter(torch.empty(num_experts, hidden_size, **factory)) if expert_bias else None
+        self.w13_bias = nn.Parameter(torch.empty(e_local, gemm1_rows, **factory)) if expert_bias else None
+        self.w2_bias = nn.Parameter(torch.empty(e_local, hidden_size, **factory)) if expert_bias else None
         self.shared_experts = None
         if shared_intermediate_size is not None:
             check_positive_int("shared_intermediate_size", shared_intermediate_size)
@@ -106,9 +106,34 @@ class MoE(nn.Module):
         self.compose_kernel()
         self._constructed = True
 
+    def _set_parallel(self, parallel: ExpertParallel | None, device) -> None:
+        """Which experts this rank holds: all of them, or its slice of an expert-parallel group."""
+        self.parallel = parallel
+        self.load_stats = None  # ExpertLoadStats once track_expert_load is called
+        if parallel is None:
+            self.placement, self.local_experts = None, tuple(range(self.num_experts))
+            return
+        from moekit.ep.collectives import Collectives
+        from moekit.ep.placement import ExpertPlacement
+
+        self._comm = Collectives(parallel.group, parallel.timeout_s)
+        self.placement = parallel.placement or ExpertPlacement.contiguous(self.num_experts, self._comm.world_size)
+        if self.placement.num_logical != self.num_experts or self.placement.world_size != self._comm.world_size:
+            raise ValueError(f"the expert placement holds {self.placement.num_logical} experts over "
+                             f"{self.placement.world_size} ranks; this layer has {self.num_experts} experts and its "
+                             f"group {self._comm.world_size} ranks")
+        self.local_experts = self.placement.local_experts(self._comm.rank)
+        if not self.local_experts:
+            raise ValueError(f"rank {self._comm.rank} holds no expert in the placement")
+
+    @property
+    def num_local_experts(self) -> int:
+        """Experts held on this device (all of them without expert parallelism)."""
+        return len(self.local_experts)
+
     def _register_quantized(self, gemm1_rows: int, device) -> None:
         """Empty buffers for the scheme's tensors (filled by reset_parameters or a checkpoint)."""
-        spec, e = self.quant_method.spec, self.num_experts
+        spec, e = self.quant_method.spec, self.num_local_experts
         for name, (n, k) in (("w13", (gemm1_rows, self.hidden_size)), ("w2", (self.hidden_size, self.intermediate_size))):
             self.quant_method.check_divisible(name, n, k)
             self.register_buffer(name, torch.empty(spec.data_shape(e, n, k), dtype=spec.data_dtype(), device=device))
@@ -150,7 +175,7 @@ class MoE(nn.Module):
     def _quantize_by_expert(self, expert_weight) -> QuantizedMatrix:
         """Quantize ``expert_weight(e)`` ([1, N, K] float) one expert at a time, so memory stays
         bounded at real shapes, and stack the results."""
-        parts = [self.quant_method.quantize(expert_weight(e)) for e in range(self.num_experts)]
+        parts = [self.quant_method.quantize(expert_weight(e)) for e in range(self.num_local_experts)]
         return QuantizedMatrix(*(None if getattr(parts[0], f.name) is None else
                                  torch.cat([getattr(p, f.name) for p in parts])
                                  for f in dataclasses.fields(QuantizedMatrix)))
@@ -164,12 +189,21 @@ class MoE(nn.Module):
         get = lambda suffix: getattr(self, name + suffix)  # noqa: E731
         return QuantizedMatrix(get(""), get("_scale"), get("_zero"), get("_g_idx"), get("_global_scale"))
 
+    def _local_slice(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's experts of a tensor indexed by all experts (dim 0); the tensor itself without
+        expert parallelism."""
+        if self.parallel is None:
+            return t
+        return t[torch.tensor(self.local_experts, device=t.device)]
+
     @torch.no_grad()
     def set_expert_weights(self, w13: torch.Tensor, w2: torch.Tensor) -> None:
-        """Take float expert weights in moekit's layout (w13 [E, 2I, H], w2 [E, H, I]); a quantized
-        layer quantizes them with its scheme, one expert at a time."""
-        check_shape("w13", w13, tuple(self.w13.shape[:2]) + (self.hidden_size,))
+        """Take float expert weights in moekit's layout (w13 [E, 2I, H], w2 [E, H, I]), for all E
+        experts (an expert-parallel layer keeps its own); a quantized layer quantizes them with its
+        scheme, one expert at a time."""
+        check_shape("w13", w13, (self.num_experts,) + tuple(self.w13.shape[1:2]) + (self.hidden_size,))
         check_shape("w2", w2, (self.num_experts, self.hidden_size, self.intermediate_size))
+        w13, w2 = self._local_slice(w13), self._local_slice(w2)
         if self.quant_method is None:
             self.w13.copy_(w13)
             self.w2.copy_(w2)
@@ -183,22 +217,39 @@ class MoE(nn.Module):
     def set_quantized_experts(self, w13: QuantizedMatrix, w2: QuantizedMatrix,
                               a13_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None) -> None:
         """Take expert weights already in this layer's scheme and moekit's quantized layout (what the
-        checkpoint loaders produce). Everything is checked before anything is assigned."""
+        checkpoint loaders produce), for all experts (an expert-parallel layer keeps its own).
+        Everything is checked before anything is assigned."""
         if self.quant_method is None:
             raise ValueError("set_quantized_experts needs a layer built with quant=<scheme>; this one is unquantized")
         rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
         self.quant_method.check("w13", w13, self.num_experts, rows, self.hidden_size)
         self.quant_method.check("w2", w2, self.num_experts, self.hidden_size, self.intermediate_size)
         device = self.router.weight.device
-        self._set_quantized("w13", w13.map(lambda t: t.to(device)))
-        self._set_quantized("w2", w2.map(lambda t: t.to(device)))
+        self._set_quantized("w13", w13.map(lambda t: self._local_slice(t).to(device)))
+        self._set_quantized("w2", w2.map(lambda t: self._local_slice(t).to(device)))
         for name, scale in (("a13_scale", a13_scale), ("a2_scale", a2_scale)):
             setattr(self, name, None if scale is None else scale.to(device=device, dtype=torch.float32).reshape(()))
         self.compose_kernel()
 
+    _EXPERT_TENSORS = ("w13", "w2", "w13_bias", "w2_bias") + tuple(
+        f"{name}_{part}" for name in ("w13", "w2") for part in ("scale", "zero", "g_idx", "global_scale"))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """An expert-parallel layer takes a state dict of all E experts (a single-device layer's, or a
+        checkpoint's) and keeps its own; its own ``state_dict()`` holds only those."""
+        if self.parallel is not None:
+            sliced = {}
+            for name in self._EXPERT_TENSORS:
+                t = state_dict.get(prefix + name)
+                if t is not None and t.dim() > 0 and t.shape[0] == self.num_experts:
+                    sliced[prefix + name] = self._local_slice(t)
+            if sliced:
+                state_dict = {**state_dict, **sliced}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def problem(self) -> MoEProblem:
         return MoEProblem(
-            num_experts=self.num_experts,
+            num_experts=self.num_local_experts,
             top_k=self.top_k,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
@@ -209,6 +260,7 @@ class MoE(nn.Module):
             quant=self.quant,
             has_bias=self.w13_bias is not None,
             apply_router_weight_on_input=self.apply_router_weight_on_input,
+            parallel=ParallelLayout.SINGLE if self.parallel is None else ParallelLayout.EXPERT,
         )
 
     def compose_kernel(self) -> None:
@@ -223,19 +275,41 @@ class MoE(nn.Module):
         else:
             rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
             w13, w2 = self._quantized("w13"), self._quantized("w2")
-            self.quant_method.check("w13", w13, self.num_experts, rows, self.hidden_size)
-            self.quant_method.check("w2", w2, self.num_experts, self.hidden_size, self.intermediate_size)
+            self.quant_method.check("w13", w13, self.num_local_experts, rows, self.hidden_size)
+            self.quant_method.check("w2", w2, self.num_local_experts, self.hidden_size, self.intermediate_size)
             weights = ExpertWeights(w13, w2, self.w13_bias, self.w2_bias, quant=self.quant_method.spec,
                                     a13_scale=self.a13_scale, a2_scale=self.a2_scale)
         problem = self.problem()
-        self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request)
-        self._explanation = Explanation(problem, selection, self.kernel.describe())
+        prepare_finalize, parallel_choice = None, None
+        if self.parallel is not None:
+            from moekit.ep.selection import build_prepare_finalize
+
+            prepare_finalize, parallel_choice = build_prepare_finalize(self.parallel, self.placement, self._comm,
+                                                                       self.w13.device)
+        self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
+                                              prepare_finalize)
+        self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice)
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
         if self.__dict__.get("_constructed"):  # .to()/.to_empty() after __init__
             self.compose_kernel()
         return module
+
+    def track_expert_load(self, window: int = 128) -> None:
+        """Count token pairs per expert over the last ``window`` forward passes (for ``rebalance``)."""
+        from moekit.ep.eplb import ExpertLoadStats
+
+        self.load_stats = ExpertLoadStats(self.num_experts, window, self.router.weight.device)
+
+    def rebalance(self, slots_per_rank: int | None = None):
+        """Expert-parallel layers: place the experts anew from the tracked load, with redundant
+        replicas of hot experts when ``slots_per_rank`` exceeds E / ranks, moving weights between
+        ranks (no checkpoint read). A collective: every rank of the group calls it. Returns the
+        (before, after) imbalance, max/mean rank load over the window."""
+        from moekit.ep.rebalance_layer import rebalance_layer
+
+        return rebalance_layer(self, slots_per_rank)
 
     def explain(self) -> Explanation:
         """The backend chosen for this layer and why each other one was refused."""
@@ -257,6 +331,8 @@ class MoE(nn.Module):
         self._check_input(x)
         tokens = x.reshape(-1, self.hidden_size)
         topk_weights, topk_ids = self.route(tokens)
+        if self.load_stats is not None:
+            self.load_stats.record(topk_ids)
         out = self.kernel.apply(tokens, topk_weights, topk_ids, shared_experts=self.shared_experts)
         out = out.reshape(x.shape)
         return (out, (topk_weights, topk_ids)) if return_routing else out

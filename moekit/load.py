@@ -20,13 +20,14 @@ _EXPERTS_KEY = re.compile(r"^(.*\.)?experts\.")
 
 
 def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-         backend: str | None = None, strict: bool = True) -> dict[str, MoE]:
+         backend: str | None = None, strict: bool = True, parallel=None) -> dict[str, MoE]:
     """Build every MoE layer of the checkpoint at ``path``: ``{"model.layers.3.mlp": MoE, ...}``.
 
     ``dtype`` defaults to the config's; ``device`` to moekit's default device. The routed experts
     keep the checkpoint's quantization (``layer.quant``); unsupported schemes, missing or malformed
     tensors are a ValueError/TypeError naming the layer or tensor, raised before any weight of the
-    block is converted."""
+    block is converted. With ``parallel=moekit.ExpertParallel(...)`` (every rank calls ``load``)
+    each rank keeps its own experts of each block (a block is read whole, one at a time)."""
     from moekit.checkpoints.block import load_quantized_state_dict
     from moekit.checkpoints.files import CheckpointFiles
     from moekit.checkpoints.model_config import config_dtype, moe_arguments, read_config
@@ -40,7 +41,7 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | to
     layers = {}
     for prefix in block_prefixes(files):
         scheme = experts_scheme(quant_config, prefix, files, arguments)
-        layer = MoE(**arguments, quant=scheme, dtype=dtype, device="meta", backend=backend)
+        layer = MoE(**arguments, quant=scheme, dtype=dtype, device="meta", backend=backend, parallel=parallel)
         layer.to_empty(device=device)  # storage without drawing random weights
         load_quantized_state_dict(layer, files, prefix, quant_config, strict=strict)
         layers[prefix.removesuffix(".")] = layer

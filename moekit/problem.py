@@ -13,7 +13,7 @@ from moekit.activations import Activation, GateUpLayout
 
 class ParallelLayout(enum.Enum):
     SINGLE = "single"  # all experts on this device
-    EXPERT = "expert"  # experts sharded over ranks, tokens dispatched by all-to-all
+    EXPERT = "expert"  # experts sharded over ranks (moekit/ep/): pairs served elsewhere come with out-of-range ids
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,28 @@ def test_scaled_down_shape_keeps_the_layer_kind(name):
     if groups is not None:
         assert small.num_experts % groups == 0
         assert chosen * (small.num_experts // groups) >= small.top_k
+
+
+def test_eplb_reports_imbalance_before_and_after(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "eplb", "--experts", "32", "--ranks", "2,4", "--pairs", "20000")
+    assert code == 0
+    assert "contiguous" in out and "rebalanced +1" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith("│")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        contiguous, plus_one = float(cells[1]), float(cells[3])
+        assert plus_one < contiguous
+    trace = tmp_path / "load.json"
+    trace.write_text("[100, 1, 1, 1, 50, 1, 1, 1]")
+    code, out, _ = run_cli(capsys, "eplb", "--load", str(trace), "--ranks", "2", "--spare-slots", "1")
+    assert code == 0 and "8 experts" in out
+
+
+def test_eplb_bad_arguments_exit_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eplb", "--ranks", "two")
+    assert code == 2 and "comma-separated integers" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    code, _, err = run_cli(capsys, "eplb", "--load", str(bad))
+    assert code == 2

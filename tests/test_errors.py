@@ -188,9 +188,18 @@ def test_layer_unsupported_dtype():
         layer(dtype=torch.int8)
 
 
-def test_layer_expert_parallel_not_built():
-    with pytest.raises(NotImplementedError, match="expert parallelism"):
+def test_layer_expert_parallel_needs_torch_distributed():
+    with pytest.raises(RuntimeError, match="expert parallelism needs torch.distributed initialized first"):
         layer(parallel=moekit.ExpertParallel())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(communication="nccl"), "communication must be one of"),
+    (dict(timeout_s=0), "timeout_s must be positive"),
+])
+def test_expert_parallel_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        moekit.ExpertParallel(**kwargs)
 
 
 def test_layer_input_hidden_mismatch():

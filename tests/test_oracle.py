@@ -91,8 +91,8 @@ def test_request_for_unsuitable_backend_is_an_error_with_reason():
 
 
 def test_no_backend_at_all_lists_every_reason():
-    with pytest.raises(BackendUnavailableError, match=r"no experts backend.*fast: .*reference: parallel layout"):
-        select_backend(problem(parallel=ParallelLayout.EXPERT), GPU_ENV, CANDIDATES)
+    with pytest.raises(BackendUnavailableError, match=r"no experts backend.*fast: .*reference: device 'tpu'"):
+        select_backend(problem(device_type="tpu"), GPU_ENV, CANDIDATES)
 
 
 def test_selection_reads_no_environment(monkeypatch):

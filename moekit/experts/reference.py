@@ -24,7 +24,7 @@ class ReferenceExperts(ExpertsBackend):
     quant_schemes = frozenset(KNOWN_SCHEMES)
     activations = frozenset(ActivationKind)
     gate_up_layouts = frozenset(GateUpLayout)
-    parallel_layouts = frozenset({ParallelLayout.SINGLE})
+    parallel_layouts = frozenset({ParallelLayout.SINGLE, ParallelLayout.EXPERT})
     supports_bias = True
     supports_router_weight_on_input = True
 

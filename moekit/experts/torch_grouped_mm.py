@@ -28,7 +28,7 @@ class TorchGroupedMMExperts(ExpertsBackend):
     quant_schemes = frozenset({"none"})
     activations = frozenset(ActivationKind)
     gate_up_layouts = frozenset(GateUpLayout)
-    parallel_layouts = frozenset({ParallelLayout.SINGLE})
+    parallel_layouts = frozenset({ParallelLayout.SINGLE, ParallelLayout.EXPERT})
     supports_bias = True
     supports_router_weight_on_input = True
 

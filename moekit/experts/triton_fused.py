@@ -39,7 +39,7 @@ class TritonExperts(ExpertsBackend):
     }
     activations = frozenset(ActivationKind)
     gate_up_layouts = frozenset(GateUpLayout)
-    parallel_layouts = frozenset({ParallelLayout.SINGLE})
+    parallel_layouts = frozenset({ParallelLayout.SINGLE, ParallelLayout.EXPERT})
     supports_bias = True
     supports_router_weight_on_input = True
     capturable = True

@@ -120,6 +120,8 @@ def load_hf_state_dict(
     with torch.no_grad():
         for name, value in values.items():
             target = layer.get_parameter(name) if name != "correction_bias" else layer.correction_bias
+            if name in layer._EXPERT_TENSORS:  # all experts read; an expert-parallel layer keeps its own
+                value = layer._local_slice(value)
             target.copy_(value)
     layer.compose_kernel()
 

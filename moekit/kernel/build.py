@@ -14,12 +14,14 @@ from moekit.problem import MoEProblem
 
 
 def build_kernel(
-    problem: MoEProblem, weights: ExpertWeights, env: Environment, requested: str | None = None
+    problem: MoEProblem, weights: ExpertWeights, env: Environment, requested: str | None = None,
+    prepare_finalize=None,
 ) -> tuple[ModularKernel, Selection]:
-    """``requested`` (an argument) wins over ``env.requested_backend`` (MOEKIT_BACKEND)."""
+    """``requested`` (an argument) wins over ``env.requested_backend`` (MOEKIT_BACKEND).
+    ``prepare_finalize``: an expert-parallel one (moekit/ep/); None is the single-device one."""
     selection = select_cached(problem, env, requested or env.requested_backend)
     kernel = ModularKernel(
-        prepare_finalize=SINGLE_DEVICE,
+        prepare_finalize=prepare_finalize or SINGLE_DEVICE,
         experts=selection.chosen(),
         weights=oracle_for(problem.quant).convert_weights(selection.chosen, weights),
         activation=problem.activation,

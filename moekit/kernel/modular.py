@@ -1,23 +1,24 @@
 """The modular kernel: prepare/finalize x experts, composed once after the weights are loaded.
 
 It holds the kernel-format weights and the chosen pieces; shared experts come in as an argument to
-``apply`` so the kernel decides where they run (today: before the routed experts, same stream)."""
+``apply`` so the kernel decides where they run (today: before the routed experts, same stream, also
+under expert parallelism: overlapping them with the dispatch is still to come)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from moekit.activations import Activation, GateUpLayout
 from moekit.experts.base import ExpertsBackend, ExpertWeights
-from moekit.kernel.prepare_finalize import SingleDevicePrepareFinalize
 
 
 @dataclass(frozen=True)
 class ModularKernel:
-    prepare_finalize: SingleDevicePrepareFinalize
+    prepare_finalize: Any  # SingleDevicePrepareFinalize, or an expert-parallel one (moekit/ep/)
     experts: ExpertsBackend
     weights: ExpertWeights  # in the experts backend's format
     activation: Activation
@@ -40,7 +41,7 @@ class ModularKernel:
                 prepared.x, prepared.topk_weights, prepared.topk_ids, self.weights, self.activation,
                 self.gate_up_layout,
             )
-        return self.prepare_finalize.finalize(expert_out, shared_out, x.dtype)
+        return self.prepare_finalize.finalize(expert_out, shared_out, x.dtype, prepared)
 
     def _experts_op(self, prepared) -> torch.Tensor:
         """The same experts call as one opaque custom op, for torch.compile (kernel/experts_op.py)."""

@@ -1,19 +1,34 @@
 """Prepare/finalize: the half of the modular kernel that moves tokens (and, for quantized schemes,
-quantizes them). On one device there is nothing to move: this is the single-device version; expert
-parallel versions dispatch and combine across ranks behind the same two methods."""
+quantizes them). On one device there is nothing to move: this is the single-device version; the
+expert-parallel versions (moekit/ep/) dispatch and combine across ranks behind the same two methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 
 @dataclass(frozen=True)
 class PreparedTokens:
-    x: torch.Tensor  # [T, H] activations as the experts backend consumes them
-    topk_weights: torch.Tensor  # [T, k] fp32; ones if the weight was already applied to x
-    topk_ids: torch.Tensor  # [T, k] int32 local expert ids
+    x: torch.Tensor  # [R, H] activations as the experts backend consumes them
+    topk_weights: torch.Tensor  # [R, k] fp32; ones if the weight was already applied to x
+    topk_ids: torch.Tensor  # [R, k] int32 local expert ids (out of range: a pair served elsewhere)
+    plan: Any = None  # what finalize needs to undo the dispatch (expert parallel)
+
+
+def weight_on_input(x, topk_weights, apply_router_weight_on_input: bool):
+    """Llama-4 scales the token before its (single) expert; the output is then not weighted."""
+    if apply_router_weight_on_input:
+        return (x.float() * topk_weights).to(x.dtype), torch.ones_like(topk_weights)
+    return x, topk_weights
+
+
+def add_shared(expert_out: torch.Tensor, shared_out: torch.Tensor | None, out_dtype) -> torch.Tensor:
+    if shared_out is not None:
+        expert_out = expert_out + shared_out
+    return expert_out.to(out_dtype)
 
 
 class SingleDevicePrepareFinalize:
@@ -22,17 +37,13 @@ class SingleDevicePrepareFinalize:
     name = "single-device"
 
     def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool) -> PreparedTokens:
-        if apply_router_weight_on_input:
-            # Llama-4 scales the token before its (single) expert; the output is then not weighted.
-            x = (x.float() * topk_weights).to(x.dtype)
-            topk_weights = torch.ones_like(topk_weights)
+        x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
         return PreparedTokens(x=x, topk_weights=topk_weights, topk_ids=topk_ids)
 
-    def finalize(self, expert_out: torch.Tensor, shared_out: torch.Tensor | None, out_dtype) -> torch.Tensor:
+    def finalize(self, expert_out: torch.Tensor, shared_out: torch.Tensor | None, out_dtype,
+                 prepared: PreparedTokens | None = None) -> torch.Tensor:
         """expert_out [T, H] (already weighted and summed over k) + shared_out -> [T, H] out_dtype."""
-        if shared_out is not None:
-            expert_out = expert_out + shared_out
-        return expert_out.to(out_dtype)
+        return add_shared(expert_out, shared_out, out_dtype)
 
 
 SINGLE_DEVICE = SingleDevicePrepareFinalize()

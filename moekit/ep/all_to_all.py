@@ -1,0 +1,66 @@
+"""All-to-all prepare/finalize: each token travels once to every rank that holds one of its experts
+(with the expert ids local to that rank, and the routing weights of those experts only), the local
+experts run on what arrived, and the weighted partial sums travel back and are added in token order.
+
+Bytes per rank and step: the token rows that leave it (at most T * min(k, W) rows of H) and the
+same coming back, plus k ids and k weights per row. The row counts are exchanged first and read on
+the host (a sync): this path is not CUDA-graph capturable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moekit.ep.collectives import Collectives
+from moekit.ep.placement import ExpertPlacement, route_pairs
+from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    send_rows: torch.Tensor  # [S] the token of each row sent, grouped by destination rank
+    send_counts: list[int]  # rows sent to each rank
+    recv_counts: list[int]  # rows received from each rank
+    num_tokens: int
+
+
+class AllToAllPrepareFinalize:
+    name = "all-to-all"
+
+    def __init__(self, placement: ExpertPlacement, comm: Collectives, device):
+        self.placement, self.comm = placement, comm
+        self.tables = placement.tables(device)
+
+    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool) -> PreparedTokens:
+        x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
+        num_tokens, top_k = topk_ids.shape
+        routes = route_pairs(topk_ids, self.tables)
+        wanted = torch.zeros(num_tokens, self.comm.world_size, dtype=torch.bool, device=x.device)
+        wanted.scatter_(1, routes.rank, True)  # token t goes to rank d once, whatever its experts there
+        dest, rows = wanted.t().nonzero(as_tuple=True)  # by destination, then token
+        send_counts = wanted.sum(0)
+        mine = routes.rank[rows] == dest.unsqueeze(1)  # [S, k]: the pairs this copy serves
+        send_ids = torch.where(mine, routes.local[rows], -1).to(torch.int32)
+        send_weights = torch.where(mine, topk_weights[rows].float(), 0.0)
+        recv_counts = self.comm.exchange_counts(send_counts)
+        send_list = send_counts.tolist()
+        received = sum(recv_counts)
+        recv_x = x.new_empty(received, x.shape[1])
+        self.comm.all_to_all(recv_x, x[rows].contiguous(), recv_counts, send_list, "dispatch of token rows")
+        # ids and weights share one int32 message: k ids then k weights (bits) per row
+        meta = torch.cat([send_ids, send_weights.view(torch.int32)], dim=1)
+        recv_meta = meta.new_empty(received, 2 * top_k)
+        self.comm.all_to_all(recv_meta, meta, recv_counts, send_list, "dispatch of expert ids and weights")
+        plan = DispatchPlan(rows, send_list, recv_counts, num_tokens)
+        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
+                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan)
+
+    def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
+        plan: DispatchPlan = prepared.plan
+        back = expert_out.new_empty(plan.send_rows.numel(), expert_out.shape[1])
+        self.comm.all_to_all(back, expert_out.contiguous(), plan.send_counts, plan.recv_counts,
+                             "combine of expert outputs")
+        out = torch.zeros(plan.num_tokens, expert_out.shape[1], dtype=torch.float32, device=expert_out.device)
+        out.index_add_(0, plan.send_rows, back.float())
+        return add_shared(out, shared_out, out_dtype)

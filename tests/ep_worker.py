@@ -1,0 +1,122 @@
+"""The expert-parallel checks run inside each spawned rank (gloo, CPU, fp32), by test_expert_parallel.py.
+
+Every rank builds the same single-device layer from one seed, an expert-parallel layer that loads its
+full state dict, and compares outputs on its own tokens. Results go back as one JSON file per rank."""
+
+import datetime
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+import moekit
+from moekit.ep.collectives import ExpertParallelError
+from moekit.ep.placement import ExpertPlacement
+
+E, K, H, I = 8, 2, 32, 32
+
+
+def _rel(a, b):
+    if b.numel() == 0:
+        return 0.0 if a.numel() == 0 else float("inf")
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _pair(parallel, **kw):
+    torch.manual_seed(0)
+    single = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", **kw)
+    ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=parallel, **kw)
+    ep.load_state_dict(single.state_dict())
+    return single, ep
+
+
+def _check(results, name, single, ep, x):
+    with torch.no_grad():
+        want = single(x)
+        got = ep(x)
+    results[name] = {"rel": _rel(got, want), "shape_ok": tuple(got.shape) == tuple(want.shape),
+                     "tokens": int(x.shape[0])}
+
+
+def scenarios(rank: int, world: int) -> dict:
+    results = {}
+    for comm in ("all-to-all", "all-gather"):
+        parallel = moekit.ExpertParallel(communication=comm, timeout_s=60)
+        single, ep = _pair(parallel, shared_intermediate_size=16, expert_bias=True)
+        torch.manual_seed(100 + rank)
+        _check(results, f"{comm}/uniform, {5 + 3 * rank} tokens on this rank", single, ep,
+               torch.randn(5 + 3 * rank, H))
+        # every token of every rank to experts 0 and 1 (rank 0's): the other ranks receive nothing
+        single, ep = _pair(parallel, router_bias=True)
+        with torch.no_grad():
+            for layer in (single, ep):
+                layer.router.bias.copy_(torch.tensor([50.0, 40.0] + [0.0] * (E - 2)))
+        _check(results, f"{comm}/all tokens to experts 0 and 1", single, ep, torch.randn(6, H))
+        # rank 1 sends nothing
+        single, ep = _pair(parallel)
+        tokens = 0 if rank == 1 else 7
+        _check(results, f"{comm}/rank 1 sends zero tokens", single, ep, torch.randn(tokens, H))
+        # redundant replicas of experts 0 and 5 (a placement EPLB could make)
+        ranks = [list(r) for r in ExpertPlacement.contiguous(E, world).ranks]
+        for r in range(world):
+            for hot in (0, 5):
+                if hot not in ranks[r]:
+                    ranks[r].append(hot)
+        placement = ExpertPlacement(E, tuple(tuple(r) for r in ranks))
+        single, ep = _pair(moekit.ExpertParallel(communication=comm, timeout_s=60, placement=placement))
+        _check(results, f"{comm}/redundant replicas of experts 0 and 5", single, ep, torch.randn(9, H))
+    # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
+    for scheme in ("w4a16-g32-asym", "fp8-block128"):
+        single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)
+        torch.manual_seed(300 + rank)
+        _check(results, f"all-to-all/quantized {scheme}", single, ep, torch.randn(6 + rank, H))
+    # EPLB: a skewed load (router bias), rebalanced with one spare slot per rank
+    single, ep = _pair(moekit.ExpertParallel(timeout_s=60), router_bias=True)
+    with torch.no_grad():
+        for layer in (single, ep):
+            layer.router.bias.copy_(torch.linspace(4.0, 0.0, E))
+    ep.track_expert_load(window=4)
+    torch.manual_seed(200 + rank)
+    x = torch.randn(16 + 4 * rank, H)
+    with torch.no_grad():
+        ep(x)
+    before, after = ep.rebalance(slots_per_rank=E // world + 1)
+    _check(results, "all-to-all/after rebalancing", single, ep, x)
+    results["eplb"] = {"before": before.max_over_mean, "after": after.max_over_mean,
+                       "replicas": ep.placement.replica_counts(), "local": list(ep.local_experts)}
+    results["explain"] = str(ep.explain())
+    results["local_experts"] = list(ep.local_experts)
+    results["state_dict_w13_rows"] = int(ep.state_dict()["w13"].shape[0])
+    return results
+
+
+def dead_rank(rank: int, world: int) -> dict:
+    """Rank 1 leaves before the forward; rank 0 must get an ExpertParallelError within the timeout."""
+    results = {}
+    parallel = moekit.ExpertParallel(timeout_s=3)
+    _, ep = _pair(parallel)
+    if rank == 1:
+        os._exit(0)
+    start = time.monotonic()
+    try:
+        with torch.no_grad():
+            ep(torch.randn(4, H))
+        results["error"] = None
+    except ExpertParallelError as e:
+        results["error"] = str(e)
+    results["seconds"] = time.monotonic() - start
+    return results
+
+
+def run(rank: int, world: int, port: int, out_dir: str, what: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    results = {"scenarios": scenarios, "dead_rank": dead_rank}[what](rank, world)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    if what == "dead_rank":
+        os._exit(0)  # the group has a dead member: skip the teardown handshake
+    dist.destroy_process_group()

@@ -1,0 +1,72 @@
+"""Expert parallelism on gloo with spawned CPU ranks: the EP layer's output equals the single-device
+layer's (fp32, rel <= 1e-5) for 2 and 4 ranks, both communications, uneven token counts, a rank
+that receives nothing, a rank that sends nothing, redundant expert replicas; a dead rank gives the
+survivor a clear error within the timeout."""
+
+import json
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+
+import ep_worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(world: int, what: str, tmp_path) -> list[dict]:
+    mp.spawn(ep_worker.run, args=(world, _free_port(), str(tmp_path), what), nprocs=world, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world) if
+            (tmp_path / f"rank{r}.json").exists()]
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}-ranks")
+def ranks(request, tmp_path_factory):
+    world = request.param
+    return world, _spawn(world, "scenarios", tmp_path_factory.mktemp(f"ep{world}"))
+
+
+CASES = [f"{comm}/{case}" for comm in ("all-to-all", "all-gather") for case in (
+    "all tokens to experts 0 and 1", "rank 1 sends zero tokens", "redundant replicas of experts 0 and 5")]
+
+
+@pytest.mark.parametrize("case", CASES + ["all-to-all/uniform", "all-gather/uniform", "all-to-all/after rebalancing",
+                                  "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128"])
+def test_expert_parallel_output_equals_single_device(ranks, case):
+    world, results = ranks
+    assert len(results) == world
+    for rank, res in enumerate(results):
+        (key,) = [k for k in res if k.startswith(case)]
+        assert res[key]["shape_ok"], (rank, key)
+        assert res[key]["rel"] <= 1e-5, (rank, key, res[key])
+
+
+def test_rebalancing_a_skewed_load_adds_replicas_and_cuts_the_imbalance(ranks):
+    world, results = ranks
+    eplb = results[0]["eplb"]
+    assert all(r["eplb"]["before"] == eplb["before"] and r["eplb"]["after"] == eplb["after"] for r in results)
+    assert eplb["after"] < eplb["before"]
+    assert sum(eplb["replicas"]) == world * (8 // world + 1) and max(eplb["replicas"]) > 1
+    assert sorted(e for r in results for e in r["eplb"]["local"]) == sorted(
+        e for e, n in enumerate(eplb["replicas"]) for _ in range(n))
+
+
+def test_each_rank_holds_its_slice_and_explains_it(ranks):
+    world, results = ranks
+    held = [r["local_experts"] for r in results]
+    assert all(r["state_dict_w13_rows"] == len(h) for r, h in zip(results, held))
+    for rank, res in enumerate(results):
+        assert f"rank {rank} of {world} holds" in res["explain"]
+        assert "all-to-all" in res["explain"] and "chosen" in res["explain"]
+
+
+def test_dead_rank_gives_the_survivor_an_error_within_the_timeout(tmp_path):
+    results = _spawn(2, "dead_rank", tmp_path)
+    (survivor,) = results
+    assert survivor["error"] is not None
+    assert "rank 0 of 2" in survivor["error"] and "peer rank may have died" in survivor["error"]
+    assert survivor["seconds"] < 3 + 10
