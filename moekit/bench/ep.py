@@ -1,0 +1,130 @@
+"""Expert-parallel check and benchmark, one process per GPU under torchrun:
+
+    torchrun --nproc-per-node 2 -m moekit.bench.ep --preset deepseek-v3 --preset qwen3-30b-a3b \\
+        --tokens 1,64,1024,8192 --json ep.json
+
+Per preset every rank builds the same single-device layer (bf16, one seed) and expert-parallel
+layers loading its state dict (all-to-all and all-gather). For each token count per rank it checks
+the EP forward against the single-device one on the rank's own tokens, and times the dispatch +
+combine alone (prepare, then finalize on the dispatched rows as the experts' output) against the
+floor: NCCL's ``all_to_all_single`` moving the same rows there and back with the same splits,
+measured in the same run. Rank 0 prints the table and writes the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+import moekit
+from moekit.cli.presets import PRESETS
+
+
+def _median_ms(fn, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        dist.barrier()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]:
+    preset = PRESETS[name]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    single = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device)
+    state = single.state_dict()
+    layers = {}
+    for comm in ("all-to-all", "all-gather"):
+        layers[comm] = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
+                                  parallel=moekit.ExpertParallel(communication=comm, timeout_s=120))
+        layers[comm].load_state_dict(state)
+    rows = []
+    for t in tokens:
+        torch.manual_seed(1000 * t + rank)
+        x = torch.randn(t, preset.hidden_size, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            want = single(x)
+            row = {"preset": name, "tokens_per_rank": t, "world": world}
+            for comm, layer in layers.items():
+                got = layer(x)
+                row[f"{comm}_rel_error"] = _rel(got, want)
+                w, ids = layer.route(x)
+                pf = layer.kernel.prepare_finalize
+
+                def step():
+                    prepared = pf.prepare(x, w, ids, False)
+                    pf.finalize(prepared.x, None, x.dtype, prepared)
+                step()
+                row[f"{comm}_ms"] = _median_ms(step, iters)
+                if comm == "all-to-all":
+                    prepared = pf.prepare(x, w, ids, False)
+                    plan = prepared.plan
+                    send = x[plan.send_rows].contiguous()
+                    recv = torch.empty_like(prepared.x)
+                    back = torch.empty_like(send)
+
+                    def floor():
+                        dist.all_to_all_single(recv, send, plan.recv_counts, plan.send_counts)
+                        dist.all_to_all_single(back, recv, plan.send_counts, plan.recv_counts)
+                    floor()
+                    row["floor_ms"] = _median_ms(floor, iters)
+                    row["rows_sent"] = plan.send_rows.numel()
+                    row["bytes_each_way"] = send.numel() * send.element_size()
+            row["explain"] = str(layers["all-to-all"].explain()).splitlines()[-3:]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moekit.bench.ep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", action="append", choices=list(PRESETS), help="repeatable (default deepseek-v3)")
+    parser.add_argument("--tokens", default="1,64,1024,8192", help="tokens per rank, comma-separated")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--json", help="write every number to this file (rank 0)")
+    args = parser.parse_args(argv)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl")
+    device = torch.device("cuda", local)
+    results = []
+    for name in args.preset or ["deepseek-v3"]:
+        results += bench_preset(name, [int(t) for t in args.tokens.split(",")], args.iters, device)
+        torch.cuda.empty_cache()
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, results)
+    if dist.get_rank() == 0:
+        print(f"{'preset':<16}{'tok/rank':>9}{'a2a ms':>9}{'floor ms':>10}{'x floor':>8}{'ag ms':>9}"
+              f"{'a2a err (max over ranks)':>26}{'ag err':>9}")
+        for i, row in enumerate(results):
+            errs = [r[i] for r in gathered]
+            a2a = max(r["all-to-all_ms"] for r in errs)
+            floor = max(r["floor_ms"] for r in errs)
+            print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{a2a:>9.3f}{floor:>10.3f}{a2a / floor:>8.2f}"
+                  f"{max(r['all-gather_ms'] for r in errs):>9.3f}"
+                  f"{max(r['all-to-all_rel_error'] for r in errs):>26.2e}{max(r['all-gather_rel_error'] for r in errs):>9.2e}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"ranks": gathered, "device": torch.cuda.get_device_name(),
+                           "torch": torch.__version__}, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
