@@ -23,15 +23,21 @@ class ExpertParallel:
     - ``timeout_s``: how long a rank waits on one collective before raising ExpertParallelError.
     - ``placement``: which logical experts each rank holds (default: contiguous slices; the load
       balancer in ep/eplb.py makes placements with redundant replicas of hot experts).
+    - ``max_tokens_per_rank``: a bound on any rank's tokens per forward. With it the all-to-all
+      moves fixed-size blocks (no counts exchange, no host sync); without
+      it the rows are counted first (a host sync) and only the needed ones travel.
     """
 
     group: Any = None
     communication: str = "auto"
     timeout_s: float = 300.0
     placement: ExpertPlacement | None = None
+    max_tokens_per_rank: int | None = None
 
     def __post_init__(self):
         if self.communication not in COMMUNICATIONS:
             raise ValueError(f"communication must be one of {COMMUNICATIONS}, got {self.communication!r}")
+        if self.max_tokens_per_rank is not None and self.max_tokens_per_rank < 1:
+            raise ValueError(f"max_tokens_per_rank must be at least 1, got {self.max_tokens_per_rank}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")

@@ -3,6 +3,7 @@
 Every rank builds the same single-device layer from one seed, an expert-parallel layer that loads its
 full state dict, and compares outputs on its own tokens. Results go back as one JSON file per rank."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -42,8 +43,9 @@ def _check(results, name, single, ep, x):
 
 def scenarios(rank: int, world: int) -> dict:
     results = {}
-    for comm in ("all-to-all", "all-gather"):
-        parallel = moekit.ExpertParallel(communication=comm, timeout_s=60)
+    for comm, capacity in (("all-to-all", None), ("fixed", 16), ("all-gather", None)):
+        parallel = moekit.ExpertParallel(communication="all-gather" if comm == "all-gather" else "all-to-all",
+                                         timeout_s=60, max_tokens_per_rank=capacity)
         single, ep = _pair(parallel, shared_intermediate_size=16, expert_bias=True)
         torch.manual_seed(100 + rank)
         _check(results, f"{comm}/uniform, {5 + 3 * rank} tokens on this rank", single, ep,
@@ -65,7 +67,7 @@ def scenarios(rank: int, world: int) -> dict:
                 if hot not in ranks[r]:
                     ranks[r].append(hot)
         placement = ExpertPlacement(E, tuple(tuple(r) for r in ranks))
-        single, ep = _pair(moekit.ExpertParallel(communication=comm, timeout_s=60, placement=placement))
+        single, ep = _pair(dataclasses.replace(parallel, placement=placement))
         _check(results, f"{comm}/redundant replicas of experts 0 and 5", single, ep, torch.randn(9, H))
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
@@ -87,6 +89,14 @@ def scenarios(rank: int, world: int) -> dict:
     results["eplb"] = {"before": before.max_over_mean, "after": after.max_over_mean,
                        "replicas": ep.placement.replica_counts(), "local": list(ep.local_experts)}
     results["explain"] = str(ep.explain())
+    # more tokens than the fixed capacity: refused on the host before any collective
+    _, fixed = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_rank=4))
+    try:
+        with torch.no_grad():
+            fixed(torch.randn(5, H))
+        results["capacity_error"] = None
+    except ValueError as e:
+        results["capacity_error"] = str(e)
     results["local_experts"] = list(ep.local_experts)
     results["state_dict_w13_rows"] = int(ep.state_dict()["w13"].shape[0])
     return results

@@ -30,11 +30,12 @@ def ranks(request, tmp_path_factory):
     return world, _spawn(world, "scenarios", tmp_path_factory.mktemp(f"ep{world}"))
 
 
-CASES = [f"{comm}/{case}" for comm in ("all-to-all", "all-gather") for case in (
+CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for case in (
     "all tokens to experts 0 and 1", "rank 1 sends zero tokens", "redundant replicas of experts 0 and 5")]
 
 
-@pytest.mark.parametrize("case", CASES + ["all-to-all/uniform", "all-gather/uniform", "all-to-all/after rebalancing",
+@pytest.mark.parametrize("case", CASES + ["all-to-all/uniform", "fixed/uniform", "all-gather/uniform",
+                                  "all-to-all/after rebalancing",
                                   "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128"])
 def test_expert_parallel_output_equals_single_device(ranks, case):
     world, results = ranks
@@ -62,6 +63,12 @@ def test_each_rank_holds_its_slice_and_explains_it(ranks):
     for rank, res in enumerate(results):
         assert f"rank {rank} of {world} holds" in res["explain"]
         assert "all-to-all" in res["explain"] and "chosen" in res["explain"]
+
+
+def test_more_tokens_than_the_fixed_capacity_is_refused(ranks):
+    _, results = ranks
+    for res in results:
+        assert "exceed the expert-parallel capacity max_tokens_per_rank=4" in res["capacity_error"]
 
 
 def test_dead_rank_gives_the_survivor_an_error_within_the_timeout(tmp_path):

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
+from moekit.ep.all_to_all_padded import PaddedAllToAllPrepareFinalize
 
 
 def _median_ms(fn, iters: int) -> float:
@@ -48,9 +49,10 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
     single = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device)
     state = single.state_dict()
     layers = {}
-    for comm in ("all-to-all", "all-gather"):
-        layers[comm] = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
-                                  parallel=moekit.ExpertParallel(communication=comm, timeout_s=120))
+    for comm, capacity in (("all-to-all", None), ("fixed", max(tokens)), ("all-gather", None)):
+        parallel = moekit.ExpertParallel(communication="all-gather" if comm == "all-gather" else "all-to-all",
+                                         timeout_s=120, max_tokens_per_rank=capacity)
+        layers[comm] = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device, parallel=parallel)
         layers[comm].load_state_dict(state)
     rows = []
     for t in tokens:
@@ -64,6 +66,8 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                 row[f"{comm}_rel_error"] = _rel(got, want)
                 w, ids = layer.route(x)
                 pf = layer.kernel.prepare_finalize
+                if comm == "fixed":  # the capacity a server would set for this batch size
+                    pf = PaddedAllToAllPrepareFinalize(layer.placement, layer._comm, device, capacity=t)
 
                 def step():
                     prepared = pf.prepare(x, w, ids, False)
@@ -108,15 +112,16 @@ def main(argv=None) -> int:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
-        print(f"{'preset':<16}{'tok/rank':>9}{'a2a ms':>9}{'floor ms':>10}{'x floor':>8}{'ag ms':>9}"
-              f"{'a2a err (max over ranks)':>26}{'ag err':>9}")
+        print(f"{'preset':<16}{'tok/rank':>9}{'floor ms':>10}{'a2a ms':>9}{'x floor':>8}{'fixed ms':>9}"
+              f"{'x floor':>8}{'ag ms':>9}{'x floor':>8}   max rel err over ranks: a2a / fixed / ag")
         for i, row in enumerate(results):
             errs = [r[i] for r in gathered]
-            a2a = max(r["all-to-all_ms"] for r in errs)
             floor = max(r["floor_ms"] for r in errs)
-            print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{a2a:>9.3f}{floor:>10.3f}{a2a / floor:>8.2f}"
-                  f"{max(r['all-gather_ms'] for r in errs):>9.3f}"
-                  f"{max(r['all-to-all_rel_error'] for r in errs):>26.2e}{max(r['all-gather_rel_error'] for r in errs):>9.2e}")
+            ms = {c: max(r[f"{c}_ms"] for r in errs) for c in ("all-to-all", "fixed", "all-gather")}
+            err = {c: max(r[f"{c}_rel_error"] for r in errs) for c in ("all-to-all", "fixed", "all-gather")}
+            print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{floor:>10.3f}"
+                  + "".join(f"{ms[c]:>9.3f}{ms[c] / floor:>8.2f}" for c in ms)
+                  + "   " + " / ".join(f"{err[c]:.2e}" for c in err))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"ranks": gathered, "device": torch.cuda.get_device_name(),

@@ -1,5 +1,7 @@
-"""The collectives expert parallelism uses, each waited on with a timeout: a rank that died or never
-entered the layer's forward gives the others an error naming the step, not a hang."""
+"""The collectives expert parallelism uses. On gloo (CPU) each is waited on with the layer's timeout:
+a rank that died or never entered the layer's forward gives the others an error naming the step,
+not a hang. On NCCL the wait is stream-ordered and the process group's timeout applies (its
+watchdog aborts a collective that a dead rank never joins)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,12 @@ class Collectives:
         self.timeout = datetime.timedelta(seconds=timeout_s)
 
     def _wait(self, work, what: str) -> None:
+        if self.backend == "nccl":
+            # stream-ordered: no host wait. A dead peer is caught by the process group's own watchdog
+            # (init_process_group(timeout=...)); waiting here with a timeout polls the host and cost
+            # ~1 ms per collective on an H200 pair.
+            work.wait()
+            return
         try:
             completed = work.wait(timeout=self.timeout)
         except Exception as e:  # gloo / NCCL report a dead peer or the timeout as various errors

@@ -1,0 +1,65 @@
+"""All-to-all with a fixed capacity: every rank sends every other rank a block of
+``max_tokens_per_rank`` rows, token t in row t of the block for each rank that holds one of its
+experts (the other rows carry no expert: ids -1), so the splits are known in advance. No counts
+exchange, no host sync, no gather of rows to send (nothing in it stops CUDA-graph capture; a
+captured EP forward is not tested yet), and at decode sizes its latency is that of one fixed-size
+all-to-all each way.
+
+Bytes per rank and step: W * capacity rows each way, whoever needs them; when W <= k nearly every
+token goes to every rank anyway, so this is close to the counted all-to-all (all_to_all.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moekit.ep.collectives import Collectives
+from moekit.ep.placement import ExpertPlacement, route_pairs
+from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
+
+
+@dataclass(frozen=True)
+class PaddedPlan:
+    num_tokens: int
+
+
+class PaddedAllToAllPrepareFinalize:
+    name = "all-to-all (fixed capacity)"
+
+    def __init__(self, placement: ExpertPlacement, comm: Collectives, device, capacity: int):
+        self.placement, self.comm, self.capacity = placement, comm, capacity
+        self.tables = placement.tables(device)
+
+    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool) -> PreparedTokens:
+        num_tokens, top_k = topk_ids.shape
+        if num_tokens > self.capacity:
+            raise ValueError(f"{num_tokens} tokens on rank {self.comm.rank} exceed the expert-parallel capacity "
+                             f"max_tokens_per_rank={self.capacity}")
+        x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
+        world, cap, hidden = self.comm.world_size, self.capacity, x.shape[1]
+        routes = route_pairs(topk_ids, self.tables)
+        dest = torch.arange(world, device=x.device).view(world, 1, 1)
+        mine = routes.rank.unsqueeze(0) == dest  # [W, T, k]: pairs served by each destination
+        ids = torch.full((world, cap, top_k), -1, dtype=torch.int32, device=x.device)
+        ids[:, :num_tokens] = torch.where(mine, routes.local.unsqueeze(0), -1).to(torch.int32)
+        weights = torch.zeros(world, cap, top_k, dtype=torch.float32, device=x.device)
+        weights[:, :num_tokens] = torch.where(mine, topk_weights.float().unsqueeze(0), 0.0)
+        rows = x.new_zeros(world, cap, hidden)
+        rows[:, :num_tokens] = x.unsqueeze(0)
+        meta = torch.cat([ids, weights.view(torch.int32)], dim=2).reshape(world * cap, 2 * top_k)
+        recv_x = torch.empty_like(rows).reshape(world * cap, hidden)
+        recv_meta = torch.empty_like(meta)
+        splits = [cap] * world
+        self.comm.all_to_all(recv_x, rows.reshape(world * cap, hidden), splits, splits, "dispatch of token rows")
+        self.comm.all_to_all(recv_meta, meta, splits, splits, "dispatch of expert ids and weights")
+        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
+                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=PaddedPlan(num_tokens))
+
+    def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
+        world, cap = self.comm.world_size, self.capacity
+        back = torch.empty_like(expert_out)
+        splits = [cap] * world
+        self.comm.all_to_all(back, expert_out.contiguous(), splits, splits, "combine of expert outputs")
+        out = back.reshape(world, cap, -1)[:, : prepared.plan.num_tokens].float().sum(0)
+        return add_shared(out, shared_out, out_dtype)
