@@ -69,6 +69,17 @@ def scenarios(rank: int, world: int) -> dict:
         placement = ExpertPlacement(E, tuple(tuple(r) for r in ranks))
         single, ep = _pair(dataclasses.replace(parallel, placement=placement))
         _check(results, f"{comm}/redundant replicas of experts 0 and 5", single, ep, torch.randn(9, H))
+    # a Hugging Face block's per-expert tensors (all experts) into an expert-parallel layer
+    torch.manual_seed(0)
+    single = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu")
+    sd = {"block.gate.weight": single.router.weight.detach().clone()}
+    for e in range(E):
+        gate, up = single.w13[e].detach().chunk(2)
+        sd.update({f"block.experts.{e}.w1.weight": gate, f"block.experts.{e}.w3.weight": up,
+                   f"block.experts.{e}.w2.weight": single.w2[e].detach()})
+    ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60))
+    moekit.load_hf_state_dict(ep, sd, prefix="block.")
+    _check(results, "all-to-all/load_hf_state_dict of all experts", single, ep, torch.randn(7, H))
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)
