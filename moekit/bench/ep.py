@@ -103,6 +103,36 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
     return rows
 
 
+def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
+    """One profiled EP forward (fixed capacity) of a preset with shared experts: how long the shared
+    experts' GPU span overlaps NCCL's dispatch kernels. Writes the Chrome trace of each rank."""
+    from torch.profiler import ProfilerActivity, profile
+
+    preset = PRESETS[name]
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    layer = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
+                       parallel=moekit.ExpertParallel(max_tokens_per_rank=tokens))
+    x = torch.randn(tokens, preset.hidden_size, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for _ in range(3):
+            layer(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                layer(x)
+            torch.cuda.synchronize()
+    path = os.path.join(out_dir, f"ep-trace-{name}-rank{rank}.json")
+    prof.export_chrome_trace(path)
+    events = json.load(open(path))["traceEvents"]
+    spans = lambda pred: [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and pred(e)]  # noqa: E731
+    shared = spans(lambda e: e.get("cat") == "gpu_user_annotation" and e["name"] == "moekit.shared_experts")
+    nccl = spans(lambda e: e.get("cat") == "kernel" and "nccl" in e["name"].lower())
+    overlap = sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in shared for b0, b1 in nccl)
+    return {"preset": name, "tokens": tokens, "rank": rank, "shared_gpu_us": sum(b - a for a, b in shared),
+            "nccl_us": sum(b - a for a, b in nccl), "overlap_us": overlap, "forwards": 5, "trace": path}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moekit.bench.ep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default="1,64,1024,8192", help="tokens per rank, comma-separated")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", help="write every number to this file (rank 0)")
+    parser.add_argument("--profile", metavar="DIR", help="also profile one preset's EP forward with shared experts "
+                        "(DeepSeek-V3 has one) and report how long it overlaps the dispatch; traces go to DIR")
     args = parser.parse_args(argv)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -119,6 +151,15 @@ def main(argv=None) -> int:
     for name in args.preset or ["deepseek-v3"]:
         results += bench_preset(name, [int(t) for t in args.tokens.split(",")], args.iters, device)
         torch.cuda.empty_cache()
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        overlap = profile_overlap("deepseek-v3", 256, device, args.profile)
+        seen = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, overlap)
+        if dist.get_rank() == 0:
+            for o in seen:
+                print(f"rank {o['rank']}: shared experts {o['shared_gpu_us']:.0f} us on the GPU over {o['forwards']} "
+                      f"forwards, NCCL kernels {o['nccl_us']:.0f} us, overlapping {o['overlap_us']:.0f} us")
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:

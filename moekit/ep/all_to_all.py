@@ -32,7 +32,9 @@ class AllToAllPrepareFinalize:
         self.placement, self.comm = placement, comm
         self.tables = placement.tables(device)
 
-    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool) -> PreparedTokens:
+    overlaps_shared = True  # prepare(..., overlap=shared) runs the shared experts during the dispatch
+
+    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool, overlap=None) -> PreparedTokens:
         x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
         num_tokens, top_k = topk_ids.shape
         routes = route_pairs(topk_ids, self.tables)
@@ -47,14 +49,19 @@ class AllToAllPrepareFinalize:
         send_list = send_counts.tolist()
         received = sum(recv_counts)
         recv_x = x.new_empty(received, x.shape[1])
-        self.comm.all_to_all(recv_x, x[rows].contiguous(), recv_counts, send_list, "dispatch of token rows")
+        wait_x = self.comm.start_all_to_all(recv_x, x[rows].contiguous(), recv_counts, send_list,
+                                            "dispatch of token rows")
         # ids and weights share one int32 message: k ids then k weights (bits) per row
         meta = torch.cat([send_ids, send_weights.view(torch.int32)], dim=1)
         recv_meta = meta.new_empty(received, 2 * top_k)
-        self.comm.all_to_all(recv_meta, meta, recv_counts, send_list, "dispatch of expert ids and weights")
+        wait_meta = self.comm.start_all_to_all(recv_meta, meta, recv_counts, send_list,
+                                               "dispatch of expert ids and weights")
+        overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
+        wait_x()
+        wait_meta()
         plan = DispatchPlan(rows, send_list, recv_counts, num_tokens)
         return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
-                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan)
+                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
         plan: DispatchPlan = prepared.plan

@@ -31,7 +31,9 @@ class PaddedAllToAllPrepareFinalize:
         self.placement, self.comm, self.capacity = placement, comm, capacity
         self.tables = placement.tables(device)
 
-    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool) -> PreparedTokens:
+    overlaps_shared = True  # prepare(..., overlap=shared) runs the shared experts during the dispatch
+
+    def prepare(self, x, topk_weights, topk_ids, apply_router_weight_on_input: bool, overlap=None) -> PreparedTokens:
         num_tokens, top_k = topk_ids.shape
         if num_tokens > self.capacity:
             raise ValueError(f"{num_tokens} tokens on rank {self.comm.rank} exceed the expert-parallel capacity "
@@ -51,10 +53,15 @@ class PaddedAllToAllPrepareFinalize:
         recv_x = torch.empty_like(rows).reshape(world * cap, hidden)
         recv_meta = torch.empty_like(meta)
         splits = [cap] * world
-        self.comm.all_to_all(recv_x, rows.reshape(world * cap, hidden), splits, splits, "dispatch of token rows")
-        self.comm.all_to_all(recv_meta, meta, splits, splits, "dispatch of expert ids and weights")
+        wait_x = self.comm.start_all_to_all(recv_x, rows.reshape(world * cap, hidden), splits, splits,
+                                            "dispatch of token rows")
+        wait_meta = self.comm.start_all_to_all(recv_meta, meta, splits, splits, "dispatch of expert ids and weights")
+        overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
+        wait_x()
+        wait_meta()
         return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
-                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=PaddedPlan(num_tokens))
+                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=PaddedPlan(num_tokens),
+                              overlapped=overlapped)
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
         world, cap = self.comm.world_size, self.capacity

@@ -52,7 +52,14 @@ class Collectives:
 
     def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, out_splits: list[int], in_splits: list[int],
                    what: str) -> None:
-        self._wait(dist.all_to_all_single(out, inp, out_splits, in_splits, group=self.group, async_op=True), what)
+        self.start_all_to_all(out, inp, out_splits, in_splits, what)()
+
+    def start_all_to_all(self, out: torch.Tensor, inp: torch.Tensor, out_splits: list[int], in_splits: list[int],
+                         what: str):
+        """Issue the all-to-all and return its wait (call it before reading ``out``): work placed
+        between the two overlaps the transfer."""
+        work = dist.all_to_all_single(out, inp, out_splits, in_splits, group=self.group, async_op=True)
+        return lambda: self._wait(work, what)
 
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor, what: str) -> None:
         self._wait(_ALL_GATHER(out, inp, group=self.group, async_op=True), what)

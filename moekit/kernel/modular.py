@@ -1,8 +1,9 @@
 """The modular kernel: prepare/finalize x experts, composed once after the weights are loaded.
 
 It holds the kernel-format weights and the chosen pieces; shared experts come in as an argument to
-``apply`` so the kernel decides where they run (today: before the routed experts, same stream, also
-under expert parallelism: overlapping them with the dispatch is still to come)."""
+``apply`` so the kernel decides where they run: before the routed experts on one device; under
+expert parallelism (all-to-all forms) between issuing the dispatch and waiting for it, so they
+compute while the token rows travel."""
 
 from __future__ import annotations
 
@@ -32,8 +33,14 @@ class ModularKernel:
         topk_ids: torch.Tensor,  # [T, k] int32
         shared_experts: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        shared_out = shared_experts(x) if shared_experts is not None else None
-        prepared = self.prepare_finalize.prepare(x, topk_weights, topk_ids, self.apply_router_weight_on_input)
+        if shared_experts is not None and getattr(self.prepare_finalize, "overlaps_shared", False):
+            # expert parallel: the shared experts run while the dispatch is in flight
+            prepared = self.prepare_finalize.prepare(x, topk_weights, topk_ids, self.apply_router_weight_on_input,
+                                                     overlap=lambda: _shared(shared_experts, x))
+            shared_out = prepared.overlapped
+        else:
+            shared_out = shared_experts(x) if shared_experts is not None else None
+            prepared = self.prepare_finalize.prepare(x, topk_weights, topk_ids, self.apply_router_weight_on_input)
         if torch.compiler.is_compiling():
             expert_out = self._experts_op(prepared)
         else:
@@ -54,3 +61,8 @@ class ModularKernel:
 
     def describe(self) -> str:
         return f"{self.prepare_finalize.name} x {self.experts.name}"
+
+
+def _shared(shared_experts, x):
+    with torch.profiler.record_function("moekit.shared_experts"):  # its GPU span shows in a profile
+        return shared_experts(x)

@@ -16,6 +16,7 @@ class PreparedTokens:
     topk_weights: torch.Tensor  # [R, k] fp32; ones if the weight was already applied to x
     topk_ids: torch.Tensor  # [R, k] int32 local expert ids (out of range: a pair served elsewhere)
     plan: Any = None  # what finalize needs to undo the dispatch (expert parallel)
+    overlapped: Any = None  # what ``prepare(..., overlap=f)`` got from f() while the dispatch was in flight
 
 
 def weight_on_input(x, topk_weights, apply_router_weight_on_input: bool):
