@@ -25,10 +25,10 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def _pair(parallel, **kw):
+def _pair(parallel, k=K, **kw):
     torch.manual_seed(0)
-    single = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", **kw)
-    ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=parallel, **kw)
+    single = moekit.MoE(E, k, H, I, dtype=torch.float32, device="cpu", **kw)
+    ep = moekit.MoE(E, k, H, I, dtype=torch.float32, device="cpu", parallel=parallel, **kw)
     ep.load_state_dict(single.state_dict())
     return single, ep
 
@@ -56,6 +56,12 @@ def scenarios(rank: int, world: int) -> dict:
             for layer in (single, ep):
                 layer.router.bias.copy_(torch.tensor([50.0, 40.0] + [0.0] * (E - 2)))
         _check(results, f"{comm}/all tokens to experts 0 and 1", single, ep, torch.randn(6, H))
+        # top-1: every token of every rank to one expert, on the last rank
+        single, ep = _pair(parallel, k=1, router_bias=True)
+        with torch.no_grad():
+            for layer in (single, ep):
+                layer.router.bias.copy_(torch.tensor([0.0] * (E - 1) + [60.0]))
+        _check(results, f"{comm}/all tokens to one expert", single, ep, torch.randn(5, H))
         # rank 1 sends nothing
         single, ep = _pair(parallel)
         tokens = 0 if rank == 1 else 7

@@ -31,7 +31,7 @@ def ranks(request, tmp_path_factory):
 
 
 CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for case in (
-    "all tokens to experts 0 and 1", "rank 1 sends zero tokens", "redundant replicas of experts 0 and 5")]
+    "all tokens to experts 0 and 1", "all tokens to one expert", "rank 1 sends zero tokens", "redundant replicas of experts 0 and 5")]
 
 
 @pytest.mark.parametrize("case", CASES + ["all-to-all/uniform", "fixed/uniform", "all-gather/uniform",
