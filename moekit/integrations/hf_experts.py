@@ -19,6 +19,8 @@ How the module's flags map onto moekit (``read_experts``):
   ``swiglu_alpha``/``swiglu_limit``) attributes, and only if it agrees with moekit's
   ``swigluoai`` on a probe; anything else is refused.
 - ``has_post_expert_norm`` and transformers' expert parallelism are refused.
+- transformers' fine-grained fp8 experts (``FP8Experts``, 128 x 128 blocks) are served as moekit's
+  ``fp8-block128`` on their own e4m3 codes and scales (hf_fp8_experts.py).
 
 The views are not detached, so training through this path reaches the module's parameters.
 """
@@ -34,6 +36,7 @@ from moekit._checks import check_shape
 from moekit.activations import Activation, ActivationKind, GateUpLayout, apply_activation
 from moekit.experts.base import ExpertWeights
 from moekit.hardware import current_environment
+from moekit.integrations.hf_fp8_experts import is_fp8_experts, read_fp8_experts
 from moekit.kernel.build import build_kernel
 from moekit.kernel.modular import ModularKernel
 from moekit.problem import MoEProblem
@@ -51,48 +54,60 @@ class HFExperts:
     gate_up_layout: GateUpLayout
 
     @property
+    def _w2_shape(self) -> tuple[int, int, int]:
+        w2 = self.weights.w2
+        return tuple((w2.data if self.weights.quant is not None else w2).shape)
+
+    @property
     def num_experts(self) -> int:
-        return self.weights.w2.shape[0]
+        return self._w2_shape[0]
 
     @property
     def hidden_size(self) -> int:
-        return self.weights.w2.shape[1]
+        return self._w2_shape[1]
 
     @property
     def intermediate_size(self) -> int:
-        return self.weights.w2.shape[2]
+        return self._w2_shape[2]
 
 
 def moekit_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     """The ``ExpertsInterface`` entry: hidden_states [T, H], top_k_index / top_k_weights [T, k].
 
     Returns [T, H] in hidden_states.dtype."""
-    kernel = experts_kernel(self, top_k_index.shape[-1])
+    _check_servable(self)
+    # The kernel computes in the weights' dtype (autocast may hand us fp32 activations); quantized
+    # experts (fp8) in the activations' own dtype.
+    dtype = self.down_proj.dtype if self.down_proj.dtype in _DTYPES else hidden_states.dtype
+    kernel = experts_kernel(self, top_k_index.shape[-1], dtype)
     if top_k_index.dtype not in (torch.int32, torch.int64):
         top_k_index = top_k_index.long()
-    # The kernel computes in the weights' dtype (autocast may hand us fp32 activations).
-    out = kernel.apply(hidden_states.to(self.down_proj.dtype), top_k_weights.float(), top_k_index)
+    out = kernel.apply(hidden_states.to(dtype), top_k_weights.float(), top_k_index)
     return out.to(hidden_states.dtype)
 
 
-def experts_kernel(module: nn.Module, top_k: int) -> ModularKernel:
-    """The module's composed kernel, rebuilt when its tensors change (load, ``.to()``) or top_k does."""
+def experts_kernel(module: nn.Module, top_k: int, dtype: torch.dtype | None = None) -> ModularKernel:
+    """The module's composed kernel, rebuilt when its tensors change (load, ``.to()``), top_k or the
+    compute dtype does. ``dtype``: the activations' (default: the weights')."""
     _check_servable(module)
     # Views made under no_grad carry no autograd edge to the parameters: grad mode is part of the key.
-    key = (top_k, torch.is_grad_enabled(), *(_identity(t) for t in _raw_tensors(module)))
+    key = (top_k, dtype, torch.is_grad_enabled(), *(_identity(t) for t in _raw_tensors(module)))
     cached = module.__dict__.get(_CACHE_ATTR)
     if cached is not None and cached[0] == key:
         return cached[1]
     experts = read_experts(module)
+    quant = experts.weights.quant
+    w2 = experts.weights.w2 if quant is None else experts.weights.w2.data
     problem = MoEProblem(
         num_experts=experts.num_experts,
         top_k=top_k,
         hidden_size=experts.hidden_size,
         intermediate_size=experts.intermediate_size,
-        dtype=experts.weights.w2.dtype,
-        device_type=experts.weights.w2.device.type,
+        dtype=dtype if quant is not None and dtype is not None else w2.dtype,
+        device_type=w2.device.type,
         activation=experts.activation,
         gate_up_layout=experts.gate_up_layout,
+        quant="none" if quant is None else quant.scheme,
         has_bias=experts.weights.w13_bias is not None,
     )
     kernel, _ = build_kernel(problem, experts.weights, current_environment())
@@ -104,6 +119,8 @@ def experts_kernel(module: nn.Module, top_k: int) -> ModularKernel:
 def read_experts(module: nn.Module) -> HFExperts:
     """Map a ``use_experts_implementation`` module onto moekit's layout, or say why it cannot be."""
     _check_servable(module)
+    if is_fp8_experts(module):  # transformers' fine-grained fp8 experts: moekit's fp8-block128
+        return read_fp8_experts(module)
     name = type(module).__name__
     layout = GateUpLayout.CONCATENATED if module.is_concatenated else GateUpLayout.INTERLEAVED
     first, bias_first = ("gate_up_proj", "gate_up_proj_bias") if module.has_gate else ("up_proj", "up_proj_bias")
@@ -133,6 +150,8 @@ def _check_servable(module: nn.Module) -> None:
 
 def _raw_tensors(module: nn.Module) -> list[torch.Tensor]:
     names = ("gate_up_proj" if module.has_gate else "up_proj", "down_proj")
+    if is_fp8_experts(module):
+        names += ("gate_up_proj_scale_inv" if module.has_gate else "up_proj_scale_inv", "down_proj_scale_inv")
     if module.has_bias:
         names += ("gate_up_proj_bias" if module.has_gate else "up_proj_bias", "down_proj_bias")
     return [_tensor(module, n) for n in names]

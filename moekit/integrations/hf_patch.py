@@ -165,7 +165,7 @@ class MoekitBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor):
         shape = hidden_states.shape
-        x = hidden_states.reshape(-1, shape[-1]).to(self.moe.w13.dtype)
+        x = hidden_states.reshape(-1, shape[-1]).to(self.moe.dtype)
         if self.training and self.jitter_noise > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         out, (topk_weights, _) = self.moe(x, return_routing=True)
@@ -254,10 +254,11 @@ def _check_plan(plan: _BlockPlan, experts: HFExperts) -> None:
         if not isinstance(gate, nn.Linear) or gate.bias is not None or tuple(gate.weight.shape) != (1, hidden):
             raise _Unsupported(f"shared expert gate must be Linear({hidden}, 1) without bias")
     w = experts.weights
-    devices = {t.device for t in (weight, w.w13, w.w2, w.w13_bias, w.w2_bias) if t is not None}
+    codes = (w.w13, w.w2) if w.quant is None else (w.w13.data, w.w2.data)
+    devices = {t.device for t in (weight, *codes, w.w13_bias, w.w2_bias) if t is not None}
     if len(devices) != 1:
         raise _Unsupported(f"router and experts must be on one device, got {sorted(map(str, devices))}")
-    if experts.weights.w2.is_meta:
+    if codes[1].is_meta:
         raise _Unsupported("the weights are on the meta device (offloaded or not loaded)")
 
 
@@ -283,7 +284,8 @@ def _adopt(plan: _BlockPlan, experts: HFExperts, backend: str | None) -> MoE:
         activation=experts.activation,
         routing=plan.routing,
         shared_intermediate_size=plan.shared.gate_proj.out_features if plan.shared is not None else None,
-        dtype=w.w2.dtype,
+        quant=None if w.quant is None else w.quant.scheme,
+        dtype=plan.router.weight.dtype if w.quant is not None else w.w2.dtype,
         device="meta",
         shared_expert_gate=plan.shared_gate is not None,
         expert_bias=w.w13_bias is not None,
@@ -298,8 +300,13 @@ def _adopt(plan: _BlockPlan, experts: HFExperts, backend: str | None) -> MoE:
     if plan.correction_bias is not None:
         moe.correction_bias = plan.correction_bias  # a buffer: the router's own tensor
     names = _expert_tensor_names(plan.experts)
-    moe.w13 = _as_parameter(w.w13, getattr(plan.experts, names[0]))
-    moe.w2 = _as_parameter(w.w2, plan.experts.down_proj)
+    if w.quant is not None:  # the block's own codes and scales become the layer's buffers (fp8: no copy of codes)
+        for name, m in (("w13", w.w13), ("w2", w.w2)):
+            for suffix, t in (("", m.data), ("_scale", m.scale)):
+                setattr(moe, name + suffix, t.detach())
+    else:
+        moe.w13 = _as_parameter(w.w13, getattr(plan.experts, names[0]))
+        moe.w2 = _as_parameter(w.w2, plan.experts.down_proj)
     if w.w13_bias is not None:
         moe.w13_bias = _as_parameter(w.w13_bias, getattr(plan.experts, names[1]))
         moe.w2_bias = _as_parameter(w.w2_bias, plan.experts.down_proj_bias)
