@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import moekit
 from moe_inputs import interleave_gate_up, make_inputs, run_fused, spec_of
-from tolerance import assert_close_to_reference
+from tolerance import assert_close_allowing_cancellation, assert_close_to_reference
 
 GRID = [
     # tokens, experts, top_k, hidden, inter
@@ -107,7 +107,12 @@ def test_hypothesis_fp32(tokens, experts, hidden, inter, data):
                       used_experts=used)
     if data.draw(st.booleans(), label="non_contiguous_x"):
         inp.x = torch.cat([inp.x, inp.x], dim=1)[:, :hidden] if hidden > 1 else inp.x.t().contiguous().t()
-    assert_close_to_reference(run_fused(inp, activation), spec_of(inp, activation), torch.float32)
+    # a token's k terms may cancel: the bound also grows with the terms' absolute magnitude
+    magnitude = moekit.fused_moe_spec(inp.x.abs(), inp.w13.abs(), inp.w2.abs(), inp.topk_weights.abs(), inp.topk_ids,
+                                      activation, None if inp.w13_bias is None else inp.w13_bias.abs(),
+                                      None if inp.w2_bias is None else inp.w2_bias.abs())
+    assert_close_allowing_cancellation(run_fused(inp, activation), spec_of(inp, activation), magnitude.abs(),
+                                       torch.float32)
 
 
 @given(tokens=st.integers(1, 120), experts=st.integers(1, 32), data=st.data())
