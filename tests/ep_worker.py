@@ -108,12 +108,7 @@ def scenarios(rank: int, world: int) -> dict:
     results["explain"] = str(ep.explain())
     # more tokens than the fixed capacity: refused on the host before any collective
     _, fixed = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_rank=4))
-    try:
-        with torch.no_grad():
-            fixed(torch.randn(5, H))
-        results["capacity_error"] = None
-    except ValueError as e:
-        results["capacity_error"] = str(e)
+    results["capacity_error"] = _error_of(fixed, 5, ValueError)
     results["local_experts"] = list(ep.local_experts)
     results["state_dict_w13_rows"] = int(ep.state_dict()["w13"].shape[0])
     return results
@@ -127,14 +122,19 @@ def dead_rank(rank: int, world: int) -> dict:
     if rank == 1:
         os._exit(0)
     start = time.monotonic()
-    try:
-        with torch.no_grad():
-            ep(torch.randn(4, H))
-        results["error"] = None
-    except ExpertParallelError as e:
-        results["error"] = str(e)
+    results["error"] = _error_of(ep, 4, ExpertParallelError)
     results["seconds"] = time.monotonic() - start
     return results
+
+
+def _error_of(layer, tokens: int, error: type) -> str | None:
+    """The message of the ``error`` a forward on ``tokens`` random tokens raises, or None."""
+    try:
+        with torch.no_grad():
+            layer(torch.randn(tokens, H))
+    except error as e:
+        return str(e)
+    return None
 
 
 def run(rank: int, world: int, port: int, out_dir: str, what: str) -> None:
