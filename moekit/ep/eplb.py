@@ -37,7 +37,7 @@ class ExpertLoadStats:
     def record(self, topk_ids: torch.Tensor) -> None:
         row = self.counts[self.step % self.counts.shape[0]]
         row.zero_()
-        ids = topk_ids.reshape(-1).long()
+        ids = topk_ids.reshape(-1).long().to(row.device)  # (the layer may have moved since)
         ids = ids[(ids >= 0) & (ids < row.numel())]
         row.scatter_add_(0, ids, torch.ones_like(ids))
         self.step += 1
