@@ -26,6 +26,8 @@ class ExpertParallel:
     - ``max_tokens_per_rank``: a bound on any rank's tokens per forward. With it the all-to-all
       moves fixed-size blocks (no counts exchange, no host sync); without
       it the rows are counted first (a host sync) and only the needed ones travel.
+    - ``fp8_dispatch``: token rows travel as e4m3 with a per-row scale (half the bytes; the experts
+      see fp8-rounded activations: ep/fp8_dispatch.py). All-to-all forms only.
     """
 
     group: Any = None
@@ -33,11 +35,14 @@ class ExpertParallel:
     timeout_s: float = 300.0
     placement: ExpertPlacement | None = None
     max_tokens_per_rank: int | None = None
+    fp8_dispatch: bool = False
 
     def __post_init__(self):
         if self.communication not in COMMUNICATIONS:
             raise ValueError(f"communication must be one of {COMMUNICATIONS}, got {self.communication!r}")
         if self.max_tokens_per_rank is not None and self.max_tokens_per_rank < 1:
             raise ValueError(f"max_tokens_per_rank must be at least 1, got {self.max_tokens_per_rank}")
+        if self.fp8_dispatch and self.communication == "all-gather":
+            raise ValueError("fp8_dispatch is an option of the all-to-all forms, not of all-gather")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")

@@ -86,6 +86,21 @@ def scenarios(rank: int, world: int) -> dict:
     ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60))
     moekit.load_hf_state_dict(ep, sd, prefix="block.")
     _check(results, "all-to-all/load_hf_state_dict of all experts", single, ep, torch.randn(7, H))
+    # fp8 dispatch: the experts see each token rounded to e4m3 with a per-token scale, exactly what
+    # the single-device kernel sees on fake-quantized tokens
+    from moekit.ep.fp8_dispatch import PER_TOKEN
+    from moekit.quant.dequant import fake_quantize_activations
+
+    for capacity in (None, 16):
+        single, ep = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_rank=capacity, fp8_dispatch=True))
+        torch.manual_seed(400 + rank)
+        x = torch.randn(7 + rank, H)
+        with torch.no_grad():  # routed on x itself; the experts see the fp8-rounded rows
+            weights, ids = single.route(x)
+            want = single.kernel.apply(fake_quantize_activations(x, PER_TOKEN), weights, ids)
+            got = ep(x)
+        results[f"fp8 dispatch/capacity {capacity}"] = {"rel": _rel(got, want), "shape_ok": got.shape == want.shape,
+                                                        "tokens": int(x.shape[0])}
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)

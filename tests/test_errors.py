@@ -196,6 +196,8 @@ def test_layer_expert_parallel_needs_torch_distributed():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(communication="nccl"), "communication must be one of"),
     (dict(timeout_s=0), "timeout_s must be positive"),
+    (dict(max_tokens_per_rank=0), "max_tokens_per_rank must be at least 1"),
+    (dict(communication="all-gather", fp8_dispatch=True), "fp8_dispatch is an option of the all-to-all forms"),
 ])
 def test_expert_parallel_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

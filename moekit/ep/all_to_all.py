@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moekit.ep import fp8_dispatch
 from moekit.ep.collectives import Collectives
 from moekit.ep.placement import ExpertPlacement, route_pairs
 from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
@@ -28,8 +29,8 @@ class DispatchPlan:
 class AllToAllPrepareFinalize:
     name = "all-to-all"
 
-    def __init__(self, placement: ExpertPlacement, comm: Collectives, device):
-        self.placement, self.comm = placement, comm
+    def __init__(self, placement: ExpertPlacement, comm: Collectives, device, fp8_dispatch: bool = False):
+        self.placement, self.comm, self.fp8_dispatch = placement, comm, fp8_dispatch
         self.tables = placement.tables(device)
 
     overlaps_shared = True  # prepare(..., overlap=shared) runs the shared experts during the dispatch
@@ -48,19 +49,24 @@ class AllToAllPrepareFinalize:
         recv_counts = self.comm.exchange_counts(send_counts)
         send_list = send_counts.tolist()
         received = sum(recv_counts)
-        recv_x = x.new_empty(received, x.shape[1])
-        wait_x = self.comm.start_all_to_all(recv_x, x[rows].contiguous(), recv_counts, send_list,
-                                            "dispatch of token rows")
-        # ids and weights share one int32 message: k ids then k weights (bits) per row
-        meta = torch.cat([send_ids, send_weights.view(torch.int32)], dim=1)
-        recv_meta = meta.new_empty(received, 2 * top_k)
+        payload, extra = x[rows].contiguous(), []
+        if self.fp8_dispatch:
+            payload, scale_bits = fp8_dispatch.encode(payload)
+            extra = [scale_bits]
+        recv_x = payload.new_empty(received, x.shape[1])
+        wait_x = self.comm.start_all_to_all(recv_x, payload, recv_counts, send_list, "dispatch of token rows")
+        # ids, weights (and fp8 row scales) share one int32 message: k ids, k weights (bits) per row
+        meta = torch.cat([send_ids, send_weights.view(torch.int32), *extra], dim=1)
+        recv_meta = meta.new_empty(received, meta.shape[1])
         wait_meta = self.comm.start_all_to_all(recv_meta, meta, recv_counts, send_list,
                                                "dispatch of expert ids and weights")
         overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
         wait_x()
         wait_meta()
         plan = DispatchPlan(rows, send_list, recv_counts, num_tokens)
-        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
+        if self.fp8_dispatch:
+            recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], x.dtype)
+        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
                               topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:

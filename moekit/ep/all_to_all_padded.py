@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moekit.ep import fp8_dispatch
 from moekit.ep.collectives import Collectives
 from moekit.ep.placement import ExpertPlacement, route_pairs
 from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
@@ -27,8 +28,9 @@ class PaddedPlan:
 class PaddedAllToAllPrepareFinalize:
     name = "all-to-all (fixed capacity)"
 
-    def __init__(self, placement: ExpertPlacement, comm: Collectives, device, capacity: int):
-        self.placement, self.comm, self.capacity = placement, comm, capacity
+    def __init__(self, placement: ExpertPlacement, comm: Collectives, device, capacity: int,
+                 fp8_dispatch: bool = False):
+        self.placement, self.comm, self.capacity, self.fp8_dispatch = placement, comm, capacity, fp8_dispatch
         self.tables = placement.tables(device)
 
     overlaps_shared = True  # prepare(..., overlap=shared) runs the shared experts during the dispatch
@@ -47,9 +49,14 @@ class PaddedAllToAllPrepareFinalize:
         ids[:, :num_tokens] = torch.where(mine, routes.local.unsqueeze(0), -1).to(torch.int32)
         weights = torch.zeros(world, cap, top_k, dtype=torch.float32, device=x.device)
         weights[:, :num_tokens] = torch.where(mine, topk_weights.float().unsqueeze(0), 0.0)
+        extra, dtype = [], x.dtype
+        if self.fp8_dispatch:
+            x, scale_bits = fp8_dispatch.encode(x)
+            extra = [torch.zeros(world, cap, 1, dtype=torch.int32, device=x.device)]
+            extra[0][:, :num_tokens] = scale_bits.unsqueeze(0)
         rows = x.new_zeros(world, cap, hidden)
         rows[:, :num_tokens] = x.unsqueeze(0)
-        meta = torch.cat([ids, weights.view(torch.int32)], dim=2).reshape(world * cap, 2 * top_k)
+        meta = torch.cat([ids, weights.view(torch.int32), *extra], dim=2).reshape(world * cap, -1)
         recv_x = torch.empty_like(rows).reshape(world * cap, hidden)
         recv_meta = torch.empty_like(meta)
         splits = [cap] * world
@@ -59,7 +66,9 @@ class PaddedAllToAllPrepareFinalize:
         overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
         wait_x()
         wait_meta()
-        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:].contiguous().view(torch.float32),
+        if self.fp8_dispatch:
+            recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], dtype)
+        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
                               topk_ids=recv_meta[:, :top_k].contiguous(), plan=PaddedPlan(num_tokens),
                               overlapped=overlapped)
 

@@ -28,8 +28,11 @@ class ParallelChoice:
     communication: str
     rows: tuple[tuple[str, str, str], ...]  # (name, status, reason) per candidate
 
+    fp8_dispatch: bool = False
+
     def describe(self) -> list[str]:
-        lines = [f"expert parallel: {self.placement.describe(self.rank)}"]
+        rows = " (token rows dispatched as fp8)" if self.fp8_dispatch else ""
+        lines = [f"expert parallel: {self.placement.describe(self.rank)}{rows}"]
         lines += [f"  {name:<27}  {status:<7}  {reason}" for name, status, reason in self.rows]
         return lines
 
@@ -57,9 +60,10 @@ def choose_communication(requested: str, capacity: int | None) -> tuple[str, tup
 def build_prepare_finalize(parallel, placement: ExpertPlacement, comm: Collectives, device):
     chosen, rows = choose_communication(parallel.communication, parallel.max_tokens_per_rank)
     if chosen == FIXED:
-        impl = PaddedAllToAllPrepareFinalize(placement, comm, device, parallel.max_tokens_per_rank)
+        impl = PaddedAllToAllPrepareFinalize(placement, comm, device, parallel.max_tokens_per_rank,
+                                             parallel.fp8_dispatch)
     elif chosen == "all-to-all":
-        impl = AllToAllPrepareFinalize(placement, comm, device)
+        impl = AllToAllPrepareFinalize(placement, comm, device, parallel.fp8_dispatch)
     else:
         impl = AllGatherPrepareFinalize(placement, comm, device)
-    return impl, ParallelChoice(placement, comm.rank, chosen, rows)
+    return impl, ParallelChoice(placement, comm.rank, chosen, rows, parallel.fp8_dispatch)
