@@ -38,6 +38,19 @@ def _median_ms(fn, iters: int) -> float:
     return statistics.median(times)
 
 
+def _graph_ms(step, iters: int, row: dict, name: str) -> float:
+    """Median ms of ``step`` captured once and replayed; NaN (and the error in ``row``) if capture fails."""
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        return _median_ms(graph.replay, iters)
+    except Exception as e:  # recorded, not fatal: the eager numbers stand
+        row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+        return float("nan")
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
@@ -75,15 +88,15 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                 step()
                 row[f"{comm}_ms"] = _median_ms(step, iters)
                 if comm == "fixed":  # no host sync: the dispatch + combine replay as one CUDA graph
-                    try:
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph):
-                            step()
-                        graph.replay()
-                        row["fixed_graph_ms"] = _median_ms(graph.replay, iters)
-                    except Exception as e:  # recorded, not fatal: the eager numbers stand
-                        row["fixed_graph_ms"] = float("nan")
-                        row["fixed_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+                    row["fixed_graph_ms"] = _graph_ms(step, iters, row, "fixed_graph")
+                    pf8 = PaddedAllToAllPrepareFinalize(layer.placement, layer._comm, device, capacity=t,
+                                                        fp8_dispatch=True)
+
+                    def step8():
+                        prepared = pf8.prepare(x, w, ids, False)
+                        pf8.finalize(prepared.x, None, x.dtype, prepared)
+                    step8()
+                    row["fixed_fp8_graph_ms"] = _graph_ms(step8, iters, row, "fixed_fp8_graph")
                 if comm == "all-to-all":
                     prepared = pf.prepare(x, w, ids, False)
                     plan = prepared.plan
@@ -164,7 +177,8 @@ def main(argv=None) -> int:
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         print(f"{'preset':<16}{'tok/rank':>9}{'floor ms':>10}{'a2a ms':>9}{'x floor':>8}{'fixed ms':>9}"
-              f"{'x floor':>8}{'ag ms':>9}{'x floor':>8}{'graph ms':>9}{'x floor':>8}   max rel err: a2a / fixed / ag")
+              f"{'x floor':>8}{'ag ms':>9}{'x floor':>8}{'graph ms':>9}{'x floor':>8}{'fp8 graph':>10}{'x floor':>8}"
+              "   max rel err: a2a / fixed / ag")
         for i, row in enumerate(results):
             errs = [r[i] for r in gathered]
             floor = max(r["floor_ms"] for r in errs)
@@ -172,12 +186,13 @@ def main(argv=None) -> int:
             err = {c: max(r[f"{c}_rel_error"] for r in errs) for c in ("all-to-all", "fixed", "all-gather")}
             print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{floor:>10.3f}"
                   + "".join(f"{ms[c]:>9.3f}{ms[c] / floor:>8.2f}" for c in ms)
-                  + f"{max(r['fixed_graph_ms'] for r in errs):>9.3f}{max(r['fixed_graph_ms'] for r in errs) / floor:>8.2f}"
+                  + "".join(f"{max(r[k] for r in errs):>{wd}.3f}{max(r[k] for r in errs) / floor:>8.2f}"
+                            for k, wd in (("fixed_graph_ms", 9), ("fixed_fp8_graph_ms", 10)))
                   + "   " + " / ".join(f"{err[c]:.2e}" for c in err))
         for row in results:
-            if "fixed_graph_error" in row:
-                print("graph capture failed:", row["fixed_graph_error"])
-                break
+            for key in ("fixed_graph_error", "fixed_fp8_graph_error"):
+                if key in row:
+                    print("graph capture failed:", row[key])
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"ranks": gathered, "device": torch.cuda.get_device_name(),
