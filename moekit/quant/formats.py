@@ -79,7 +79,8 @@ def divide(x: torch.Tensor, number: float) -> torch.Tensor:
     """x / number rounded once, on every device. CUDA turns a division by a Python number into a
     multiplication by its reciprocal, one ulp off at times: a scale one ulp off moves values that
     sit exactly between two codes (bf16 activations do, often) to the other code."""
-    return x / torch.tensor(number, dtype=x.dtype, device=x.device)
+    # torch.full fills on the device: no host-to-device copy, so this stays CUDA-graph capturable
+    return x / torch.full((), number, dtype=x.dtype, device=x.device)
 
 
 def to_fp8(x: torch.Tensor) -> torch.Tensor:
