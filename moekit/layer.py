@@ -333,9 +333,23 @@ class MoE(nn.Module):
         topk_weights, topk_ids = self.route(tokens)
         if self.load_stats is not None:
             self.load_stats.record(topk_ids)
-        out = self.kernel.apply(tokens, topk_weights, topk_ids, shared_experts=self.shared_experts)
+        if self.parallel is not None and self.parallel.max_tokens_per_chunk is not None:
+            out = self._forward_in_chunks(tokens, topk_weights, topk_ids)
+        else:
+            out = self.kernel.apply(tokens, topk_weights, topk_ids, shared_experts=self.shared_experts)
         out = out.reshape(x.shape)
         return (out, (topk_weights, topk_ids)) if return_routing else out
+
+    def _forward_in_chunks(self, tokens, topk_weights, topk_ids) -> torch.Tensor:
+        """Expert parallel with bounded buffers: rounds of at most max_tokens_per_chunk tokens per
+        rank; every rank runs as many rounds as the rank with the most tokens (empty ones after its
+        own tokens run out)."""
+        chunk = self.parallel.max_tokens_per_chunk
+        rounds = self._comm.max_over_ranks(-(-tokens.shape[0] // chunk), tokens.device)
+        outs = [self.kernel.apply(tokens[r * chunk:(r + 1) * chunk], topk_weights[r * chunk:(r + 1) * chunk],
+                                  topk_ids[r * chunk:(r + 1) * chunk], shared_experts=self.shared_experts)
+                for r in range(rounds)]
+        return torch.cat(outs) if outs else self.kernel.apply(tokens, topk_weights, topk_ids, self.shared_experts)
 
     def _check_input(self, x) -> None:
         check_tensor("x", x, dtypes=(self.dtype,))

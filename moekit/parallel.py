@@ -28,6 +28,9 @@ class ExpertParallel:
       it the rows are counted first (a host sync) and only the needed ones travel.
     - ``fp8_dispatch``: token rows travel as e4m3 with a per-row scale (half the bytes; the experts
       see fp8-rounded activations: ep/fp8_dispatch.py). All-to-all forms only.
+    - ``max_tokens_per_chunk``: a forward with more tokens on some rank runs as several dispatch /
+      experts / combine rounds of at most this many tokens per rank, so the buffers stay bounded;
+      the ranks agree on the number of rounds first (one all-reduce, read on the host).
     """
 
     group: Any = None
@@ -36,12 +39,19 @@ class ExpertParallel:
     placement: ExpertPlacement | None = None
     max_tokens_per_rank: int | None = None
     fp8_dispatch: bool = False
+    max_tokens_per_chunk: int | None = None
 
     def __post_init__(self):
         if self.communication not in COMMUNICATIONS:
             raise ValueError(f"communication must be one of {COMMUNICATIONS}, got {self.communication!r}")
         if self.max_tokens_per_rank is not None and self.max_tokens_per_rank < 1:
             raise ValueError(f"max_tokens_per_rank must be at least 1, got {self.max_tokens_per_rank}")
+        if self.max_tokens_per_chunk is not None and self.max_tokens_per_chunk < 1:
+            raise ValueError(f"max_tokens_per_chunk must be at least 1, got {self.max_tokens_per_chunk}")
+        if None not in (self.max_tokens_per_chunk, self.max_tokens_per_rank) and \
+                self.max_tokens_per_chunk > self.max_tokens_per_rank:
+            raise ValueError(f"max_tokens_per_chunk ({self.max_tokens_per_chunk}) exceeds the fixed capacity "
+                             f"max_tokens_per_rank ({self.max_tokens_per_rank})")
         if self.fp8_dispatch and self.communication == "all-gather":
             raise ValueError("fp8_dispatch is an option of the all-to-all forms, not of all-gather")
         if not self.timeout_s > 0:

@@ -86,6 +86,12 @@ def scenarios(rank: int, world: int) -> dict:
     ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60))
     moekit.load_hf_state_dict(ep, sd, prefix="block.")
     _check(results, "all-to-all/load_hf_state_dict of all experts", single, ep, torch.randn(7, H))
+    # chunked forwards: rounds of 3 tokens per rank, a different number of them on each rank
+    for capacity in (None, 4):
+        single, ep = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_chunk=3, max_tokens_per_rank=capacity),
+                           shared_intermediate_size=16)
+        torch.manual_seed(500 + rank)
+        _check(results, f"chunks of 3/capacity {capacity}", single, ep, torch.randn(2 + 4 * rank, H))
     # fp8 dispatch: the experts see each token rounded to e4m3 with a per-token scale, exactly what
     # the single-device kernel sees on fake-quantized tokens
     from moekit.ep.fp8_dispatch import PER_TOKEN

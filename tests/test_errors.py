@@ -198,6 +198,8 @@ def test_layer_expert_parallel_needs_torch_distributed():
     (dict(timeout_s=0), "timeout_s must be positive"),
     (dict(max_tokens_per_rank=0), "max_tokens_per_rank must be at least 1"),
     (dict(communication="all-gather", fp8_dispatch=True), "fp8_dispatch is an option of the all-to-all forms"),
+    (dict(max_tokens_per_chunk=0), "max_tokens_per_chunk must be at least 1"),
+    (dict(max_tokens_per_chunk=8, max_tokens_per_rank=4), "exceeds the fixed capacity"),
 ])
 def test_expert_parallel_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

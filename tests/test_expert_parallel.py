@@ -37,7 +37,8 @@ CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for 
 @pytest.mark.parametrize("case", CASES + ["all-to-all/uniform", "fixed/uniform", "all-gather/uniform",
                                   "all-to-all/after rebalancing", "all-to-all/load_hf_state_dict of all experts",
                                   "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128",
-                                  "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16"])
+                                  "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16",
+                                  "chunks of 3/capacity None", "chunks of 3/capacity 4"])
 def test_expert_parallel_output_equals_single_device(ranks, case):
     world, results = ranks
     assert len(results) == world

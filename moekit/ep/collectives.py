@@ -70,6 +70,13 @@ class Collectives:
     def all_reduce_sum(self, t: torch.Tensor, what: str) -> None:
         self._wait(dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True), what)
 
+    def max_over_ranks(self, value: int, device) -> int:
+        """The largest of every rank's ``value`` (host)."""
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        self._wait(dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True),
+                   "all-reduce of chunk counts")
+        return int(t.item())
+
     def exchange_counts(self, send_counts: torch.Tensor) -> list[int]:
         """send_counts [W] (rows this rank sends to each rank) -> rows it receives from each (host)."""
         recv = torch.empty_like(send_counts)
