@@ -215,18 +215,22 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def set_quantized_experts(self, w13: QuantizedMatrix, w2: QuantizedMatrix,
-                              a13_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None) -> None:
+                              a13_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
+                              *, experts_are_local: bool = False) -> None:
         """Take expert weights already in this layer's scheme and moekit's quantized layout (what the
-        checkpoint loaders produce), for all experts (an expert-parallel layer keeps its own).
-        Everything is checked before anything is assigned."""
+        checkpoint loaders produce), for all experts (an expert-parallel layer keeps its own), or with
+        ``experts_are_local`` for this layer's own experts in its local order. Everything is checked
+        before anything is assigned."""
         if self.quant_method is None:
             raise ValueError("set_quantized_experts needs a layer built with quant=<scheme>; this one is unquantized")
         rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
-        self.quant_method.check("w13", w13, self.num_experts, rows, self.hidden_size)
-        self.quant_method.check("w2", w2, self.num_experts, self.hidden_size, self.intermediate_size)
+        count = self.num_local_experts if experts_are_local else self.num_experts
+        self.quant_method.check("w13", w13, count, rows, self.hidden_size)
+        self.quant_method.check("w2", w2, count, self.hidden_size, self.intermediate_size)
         device = self.router.weight.device
-        self._set_quantized("w13", w13.map(lambda t: self._local_slice(t).to(device)))
-        self._set_quantized("w2", w2.map(lambda t: self._local_slice(t).to(device)))
+        pick = (lambda t: t) if experts_are_local else self._local_slice
+        self._set_quantized("w13", w13.map(lambda t: pick(t).to(device)))
+        self._set_quantized("w2", w2.map(lambda t: pick(t).to(device)))
         for name, scale in (("a13_scale", a13_scale), ("a2_scale", a2_scale)):
             setattr(self, name, None if scale is None else scale.to(device=device, dtype=torch.float32).reshape(()))
         self.compose_kernel()

@@ -107,6 +107,9 @@ def scenarios(rank: int, world: int) -> dict:
             got = ep(x)
         results[f"fp8 dispatch/capacity {capacity}"] = {"rel": _rel(got, want), "shape_ok": got.shape == want.shape,
                                                         "tokens": int(x.shape[0])}
+    # a DeepSeek-style fp8 checkpoint block (per-expert weight + weight_scale_inv): each rank reads
+    # only its own experts' tensors
+    results.update(_fp8_checkpoint_block(rank))
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)
@@ -132,6 +135,50 @@ def scenarios(rank: int, world: int) -> dict:
     results["capacity_error"] = _error_of(fixed, 5, ValueError)
     results["local_experts"] = list(ep.local_experts)
     results["state_dict_w13_rows"] = int(ep.state_dict()["w13"].shape[0])
+    return results
+
+
+class _Recording(dict):
+    """A state dict that remembers which keys were read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def _fp8_checkpoint_block(rank: int) -> dict:
+    from moekit.checkpoints.block import load_quantized_state_dict
+    from moekit.quant import METHODS
+
+    config = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
+    method = METHODS["fp8-block128"]
+    h, i = 128, 128  # gate and up stack only when I is a multiple of the 128-row blocks
+    torch.manual_seed(0)
+    sd = {"mlp.gate.weight": torch.randn(E, h) / h**0.5}
+    for e in range(E):
+        for proj, (n, k) in (("gate_proj", (i, h)), ("up_proj", (i, h)), ("down_proj", (h, i))):
+            m = method.quantize(torch.randn(1, n, k) / k**0.5)
+            sd[f"mlp.experts.{e}.{proj}.weight"] = m.data[0]
+            sd[f"mlp.experts.{e}.{proj}.weight_scale_inv"] = m.scale[0]
+    single = moekit.MoE(E, K, h, i, dtype=torch.float32, device="cpu", quant="fp8-block128")
+    ep = moekit.MoE(E, K, h, i, dtype=torch.float32, device="cpu", quant="fp8-block128",
+                    parallel=moekit.ExpertParallel(timeout_s=60))
+    recorded = _Recording(sd)
+    load_quantized_state_dict(single, sd, "mlp.", config)
+    load_quantized_state_dict(ep, recorded, "mlp.", config)
+    others = {e for e in range(E) if e not in ep.local_experts}
+    read_others = sorted(k for k in recorded.read if any(k.startswith(f"mlp.experts.{e}.") for e in others))
+    results = {}
+    torch.manual_seed(600 + rank)
+    _check(results, "all-to-all/fp8 checkpoint block read by expert", single, ep, torch.randn(6, h))
+    results["fp8 checkpoint: other ranks' tensors read"] = read_others
+    results["fp8 checkpoint: own experts"] = len(ep.local_experts)
+    results["fp8 checkpoint: own expert tensors read"] = sum(
+        any(k.startswith(f"mlp.experts.{e}.") for e in ep.local_experts) for k in recorded.read)
     return results
 
 

@@ -38,7 +38,8 @@ CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for 
                                   "all-to-all/after rebalancing", "all-to-all/load_hf_state_dict of all experts",
                                   "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128",
                                   "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16",
-                                  "chunks of 3/capacity None", "chunks of 3/capacity 4"])
+                                  "chunks of 3/capacity None", "chunks of 3/capacity 4",
+                                  "all-to-all/fp8 checkpoint block read by expert"])
 def test_expert_parallel_output_equals_single_device(ranks, case):
     world, results = ranks
     assert len(results) == world
@@ -65,6 +66,13 @@ def test_each_rank_holds_its_slice_and_explains_it(ranks):
     for rank, res in enumerate(results):
         assert f"rank {rank} of {world} holds" in res["explain"]
         assert "all-to-all" in res["explain"] and "chosen" in res["explain"]
+
+
+def test_a_checkpoint_block_is_read_only_for_the_ranks_own_experts(ranks):
+    _, results = ranks
+    for res in results:
+        assert res["fp8 checkpoint: other ranks' tensors read"] == []
+        assert res["fp8 checkpoint: own expert tensors read"] == 2 * 3 * res["fp8 checkpoint: own experts"]
 
 
 def test_more_tokens_than_the_fixed_capacity_is_refused(ranks):

@@ -59,12 +59,16 @@ def load_quantized_state_dict(layer: MoE, state_dict: Mapping[str, torch.Tensor]
     converted = experts() if experts is not None else None
     values = {name: make() for name, make in dense.items()} | float_experts
     if converted is not None:
-        layer.set_quantized_experts(converted.w13, converted.w2, converted.a13_scale, converted.a2_scale)
+        layer.set_quantized_experts(converted.w13, converted.w2, converted.a13_scale, converted.a2_scale,
+                                    experts_are_local=converted.local)
         if converted.w13_bias is not None:
             values |= {"w13_bias": converted.w13_bias, "w2_bias": converted.w2_bias}
+    local_biases = converted is not None and converted.local
     with torch.no_grad():
         for name, value in values.items():
             target = layer.correction_bias if name == "correction_bias" else layer.get_parameter(name)
+            if name in layer._EXPERT_TENSORS and not (local_biases and name.endswith("_bias")):
+                value = layer._local_slice(value)  # read for all experts: an expert-parallel layer keeps its own
             target.copy_(value)
     layer.compose_kernel()
 

@@ -30,6 +30,7 @@ class Experts:
     a2_scale: torch.Tensor | None = None
     w13_bias: torch.Tensor | None = None  # already in the layer's gate/up layout
     w2_bias: torch.Tensor | None = None
+    local: bool = False  # only the layer's own experts (expert parallel), in its local order
 
 
 def module_names(reader, gated: bool) -> tuple[str, ...] | None:
@@ -40,15 +41,17 @@ def module_names(reader, gated: bool) -> tuple[str, ...] | None:
 
 def read_per_expert(layer, reader, quant_of: Callable[[str], LayerQuant], read_projection: ProjectionReader,
                     names: tuple[str, ...]) -> Callable[[], Experts]:
-    """Validate every expert projection under ``reader`` and return the conversion into ``Experts``."""
-    e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
+    """Validate every expert projection under ``reader`` and return the conversion into ``Experts``.
+    An expert-parallel layer reads only its own experts' tensors (the others are skipped, unread)."""
+    h, i = layer.hidden_size, layer.intermediate_size
+    experts = _experts_to_read(layer, reader)
     method = layer.quant_method
     gate_up.check_layout(method.spec, layer.gate_up_layout, i, f"MoE block {reader.prefix!r}")
     *firsts, down = names
 
     def read_all(name: str, n: int, k: int) -> list[PendingProjection]:
         pending = []
-        for x in range(e):
+        for x in experts:
             key = f"experts.{x}.{name}"
             quant = quant_of(key)
             if quant.scheme != layer.quant:
@@ -59,7 +62,7 @@ def read_per_expert(layer, reader, quant_of: Callable[[str], LayerQuant], read_p
 
     first_pending = [read_all(name, i, h) for name in firsts]
     down_pending = read_all(down, h, i)
-    biases = _read_biases(layer, reader, firsts, down) if layer.w13_bias is not None else None
+    biases = _read_biases(layer, reader, firsts, down, experts) if layer.w13_bias is not None else None
 
     def convert() -> Experts:
         firsts_done = [_stack([p() for p in pending]) for pending in first_pending]
@@ -72,9 +75,22 @@ def read_per_expert(layer, reader, quant_of: Callable[[str], LayerQuant], read_p
             w13 = firsts_done[0][0]
         a13 = _max_scale([s for _, s in firsts_done])
         w13_bias, w2_bias = biases() if biases is not None else (None, None)
-        return Experts(w13, down_done[0], a13, down_done[1], w13_bias, w2_bias)
+        return Experts(w13, down_done[0], a13, down_done[1], w13_bias, w2_bias, local=layer.parallel is not None)
 
     return convert
+
+
+def _experts_to_read(layer, reader) -> tuple[int, ...]:
+    """All experts, or an expert-parallel layer's own: the others' tensors are marked as seen so the
+    strict check does not call them unexpected, and never read."""
+    if layer.parallel is None:
+        return tuple(range(layer.num_experts))
+    mine = set(layer.local_experts)
+    for key in reader.tensors:
+        m = re.match(r"experts\.(\d+)\.", key)
+        if m and int(m.group(1)) not in mine and int(m.group(1)) < layer.num_experts:
+            reader.used.add(key)
+    return layer.local_experts
 
 
 def _stack(parts: list[Projection]) -> tuple[QuantizedMatrix, torch.Tensor | None]:
@@ -91,10 +107,10 @@ def _max_scale(scales: list[torch.Tensor | None]) -> torch.Tensor | None:
     return torch.stack(present).max() if present else None
 
 
-def _read_biases(layer, reader, firsts, down):
+def _read_biases(layer, reader, firsts, down, experts):
     from moekit.integrations.hf_state_dict import _assemble
 
-    e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
-    first = [torch.stack([reader.take(f"experts.{x}.{n}.bias", (i,)) for x in range(e)]) for n in firsts]
-    second = torch.stack([reader.take(f"experts.{x}.{down}.bias", (h,)) for x in range(e)])
+    h, i = layer.hidden_size, layer.intermediate_size
+    first = [torch.stack([reader.take(f"experts.{x}.{n}.bias", (i,)) for x in experts]) for n in firsts]
+    second = torch.stack([reader.take(f"experts.{x}.{down}.bias", (h,)) for x in experts])
     return lambda: (_assemble(first, layer), second)
