@@ -36,6 +36,10 @@ class MoE(nn.Module):
     ``*_global_scale``, static ``a13_scale`` / ``a2_scale`` where the scheme has them); a new layer
     holds random weights quantized on the fly. ``set_expert_weights`` quantizes float weights,
     ``set_quantized_experts`` takes a checkpoint's (see ``moekit.load``).
+
+    With ``parallel=moekit.ExpertParallel(...)`` the expert tensors hold this rank's experts only
+    (``local_experts``, in that order: docs/expert-parallel.md); the router and shared experts are
+    whole on every rank, and every rank of the group must call each forward.
     """
 
     def __init__(
@@ -363,6 +367,7 @@ class MoE(nn.Module):
             raise ValueError(f"x is on {x.device} but the layer's weights are on {self.w13.device}")
 
     def extra_repr(self) -> str:
-        return (f"experts={self.num_experts}, top_k={self.top_k}, hidden={self.hidden_size}, "
+        held = f" ({self.num_local_experts} on this rank)" if self.parallel is not None else ""
+        return (f"experts={self.num_experts}{held}, top_k={self.top_k}, hidden={self.hidden_size}, "
                 f"intermediate={self.intermediate_size}, activation={self.activation.name}, "
                 f"quant={self.quant}, backend={self._explanation.backend if 'kernel' in self.__dict__ else None}")
