@@ -75,6 +75,16 @@ def scenarios(rank: int, world: int) -> dict:
         placement = ExpertPlacement(E, tuple(tuple(r) for r in ranks))
         single, ep = _pair(dataclasses.replace(parallel, placement=placement))
         _check(results, f"{comm}/redundant replicas of experts 0 and 5", single, ep, torch.randn(9, H))
+    # other layer kinds: Llama-4's weight on the input (top-1), gpt-oss's interleaved clamped SwiGLU
+    # with expert biases, relu2 without a gate
+    for label, kw in (("weight on input", dict(k=1, apply_router_weight_on_input=True)),
+                      ("gpt-oss swiglu, biases", dict(activation="swigluoai", gate_up_layout="interleaved",
+                                                      expert_bias=True, router_bias=True)),
+                      ("relu2", dict(activation="relu2"))):
+        for capacity in (None, 16):
+            single, ep = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_rank=capacity), **kw)
+            torch.manual_seed(700 + rank)
+            _check(results, f"{label}/capacity {capacity}", single, ep, torch.randn(5 + 2 * rank, H))
     # a Hugging Face block's per-expert tensors (all experts) into an expert-parallel layer
     torch.manual_seed(0)
     single = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu")

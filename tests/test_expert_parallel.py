@@ -39,7 +39,9 @@ CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for 
                                   "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128",
                                   "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16",
                                   "chunks of 3/capacity None", "chunks of 3/capacity 4",
-                                  "all-to-all/fp8 checkpoint block read by expert"])
+                                  "all-to-all/fp8 checkpoint block read by expert"]
+                         + [f"{kind}/capacity {c}" for kind in ("weight on input", "gpt-oss swiglu, biases", "relu2")
+                            for c in (None, 16)])
 def test_expert_parallel_output_equals_single_device(ranks, case):
     world, results = ranks
     assert len(results) == world
