@@ -64,3 +64,18 @@ def test_rebalancer_cuts_the_imbalance_of_a_zipf_trace(world, experts):
 def test_rebalancer_refuses_too_few_slots():
     with pytest.raises(ValueError, match="fewer than the 16 logical ones"):
         rebalance(torch.ones(16), 2, 7)
+
+
+def test_fp8_dispatch_encoding_triton_matches_the_reference():
+    # the CUDA path's fused quantizer, run here under Triton's interpreter, against the reference
+    from moekit.ep import fp8_dispatch
+    from moekit.quant.dequant import quantize_activations
+
+    x = torch.randn(9, 96) * torch.logspace(-2, 1, 96)
+    codes, scale = fp8_dispatch._quantize_triton(x)
+    want_codes, want_scale = quantize_activations(x, fp8_dispatch.PER_TOKEN)
+    assert torch.equal(codes.view(torch.uint8), want_codes.view(torch.uint8))
+    assert torch.equal(scale.reshape(-1), want_scale.reshape(-1))
+    encoded, bits = fp8_dispatch.encode(x)
+    decoded = fp8_dispatch.decode(encoded, bits, torch.float32)
+    assert ((decoded - x).norm() / x.norm()).item() < 0.05 and not torch.equal(decoded, x)
