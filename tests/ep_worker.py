@@ -120,6 +120,8 @@ def scenarios(rank: int, world: int) -> dict:
     # a DeepSeek-style fp8 checkpoint block (per-expert weight + weight_scale_inv): each rank reads
     # only its own experts' tensors
     results.update(_fp8_checkpoint_block(rank))
+    # moekit.load of a DeepSeek-style fp8 checkpoint directory written by transformers' Fp8Quantize
+    results.update(_load_checkpoint_directory(rank))
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)
@@ -189,6 +191,27 @@ def _fp8_checkpoint_block(rank: int) -> dict:
     results["fp8 checkpoint: own experts"] = len(ep.local_experts)
     results["fp8 checkpoint: own expert tensors read"] = sum(
         any(k.startswith(f"mlp.experts.{e}.") for e in ep.local_experts) for k in recorded.read)
+    return results
+
+
+def _load_checkpoint_directory(rank: int) -> dict:
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
+    from _producers import deepseek_v3_config, write_hf_fp8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        write_hf_fp8(Path(tmp), deepseek_v3_config(), shared=128, correction_bias=True)
+        (name, single), = moekit.load(tmp, device="cpu").items()
+        (_, ep), = moekit.load(tmp, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60)).items()
+    results = {}
+    torch.manual_seed(800 + rank)
+    _check(results, "all-to-all/moekit.load of an fp8 checkpoint directory", single, ep,
+           torch.randn(5 + rank, single.hidden_size))
+    results["moekit.load: local experts"] = [list(ep.local_experts), int(ep.w13.shape[0]), single.quant]
     return results
 
 

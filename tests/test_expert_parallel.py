@@ -39,7 +39,8 @@ CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for 
                                   "all-to-all/quantized w4a16-g32-asym", "all-to-all/quantized fp8-block128",
                                   "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16",
                                   "chunks of 3/capacity None", "chunks of 3/capacity 4",
-                                  "all-to-all/fp8 checkpoint block read by expert"]
+                                  "all-to-all/fp8 checkpoint block read by expert",
+                                  "all-to-all/moekit.load of an fp8 checkpoint directory"]
                          + [f"{kind}/capacity {c}" for kind in ("weight on input", "gpt-oss swiglu, biases", "relu2")
                             for c in (None, 16)])
 def test_expert_parallel_output_equals_single_device(ranks, case):
@@ -75,6 +76,13 @@ def test_a_checkpoint_block_is_read_only_for_the_ranks_own_experts(ranks):
     for res in results:
         assert res["fp8 checkpoint: other ranks' tensors read"] == []
         assert res["fp8 checkpoint: own expert tensors read"] == 2 * 3 * res["fp8 checkpoint: own experts"]
+
+
+def test_moekit_load_builds_each_ranks_slice(ranks):
+    world, results = ranks
+    held = [r["moekit.load: local experts"] for r in results]
+    assert sorted(e for experts, _, _ in held for e in experts) == list(range(4))  # the checkpoint's 4 experts
+    assert all(rows == len(experts) and quant == "fp8-block128" for experts, rows, quant in held)
 
 
 def test_more_tokens_than_the_fixed_capacity_is_refused(ranks):
