@@ -199,7 +199,7 @@ def test_eplb_reports_imbalance_before_and_after(capsys, tmp_path):
     trace = tmp_path / "load.json"
     trace.write_text("[100, 1, 1, 1, 50, 1, 1, 1]")
     code, out, _ = run_cli(capsys, "eplb", "--load", str(trace), "--ranks", "2", "--spare-slots", "1")
-    assert code == 0 and "8 experts" in out
+    assert code == 0 and "8 experts" in " ".join(out.split())  # the title may wrap (a long tmp path)
 
 
 def test_eplb_bad_arguments_exit_2(capsys, tmp_path):
