@@ -94,8 +94,11 @@ def scenarios(rank: int, world: int) -> dict:
         sd.update({f"block.experts.{e}.w1.weight": gate, f"block.experts.{e}.w3.weight": up,
                    f"block.experts.{e}.w2.weight": single.w2[e].detach()})
     ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60))
-    moekit.load_hf_state_dict(ep, sd, prefix="block.")
+    recorded = _Recording(sd)
+    moekit.load_hf_state_dict(ep, recorded, prefix="block.")
     _check(results, "all-to-all/load_hf_state_dict of all experts", single, ep, torch.randn(7, H))
+    results["hf block: other ranks' tensors read"] = sorted(
+        k for k in recorded.read if k.startswith("block.experts.") and int(k.split(".")[2]) not in ep.local_experts)
     # chunked forwards: rounds of 3 tokens per rank, a different number of them on each rank
     for capacity in (None, 4):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_chunk=3, max_tokens_per_rank=capacity),

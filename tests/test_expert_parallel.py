@@ -74,6 +74,7 @@ def test_each_rank_holds_its_slice_and_explains_it(ranks):
 def test_a_checkpoint_block_is_read_only_for_the_ranks_own_experts(ranks):
     _, results = ranks
     for res in results:
+        assert res["hf block: other ranks' tensors read"] == []
         assert res["fp8 checkpoint: other ranks' tensors read"] == []
         assert res["fp8 checkpoint: own expert tensors read"] == 2 * 3 * res["fp8 checkpoint: own experts"]
 

@@ -12,7 +12,7 @@ import torch
 
 from moekit.checkpoints import gate_up
 from moekit.checkpoints.projection import PendingProjection, Projection
-from moekit.integrations.hf_state_dict import _PER_EXPERT
+from moekit.integrations.hf_state_dict import _PER_EXPERT, experts_to_read
 from moekit.quant.factory import LayerQuant
 from moekit.quant.spec import QuantizedMatrix
 
@@ -44,7 +44,7 @@ def read_per_expert(layer, reader, quant_of: Callable[[str], LayerQuant], read_p
     """Validate every expert projection under ``reader`` and return the conversion into ``Experts``.
     An expert-parallel layer reads only its own experts' tensors (the others are skipped, unread)."""
     h, i = layer.hidden_size, layer.intermediate_size
-    experts = _experts_to_read(layer, reader)
+    experts = experts_to_read(layer, reader)
     method = layer.quant_method
     gate_up.check_layout(method.spec, layer.gate_up_layout, i, f"MoE block {reader.prefix!r}")
     *firsts, down = names
@@ -78,19 +78,6 @@ def read_per_expert(layer, reader, quant_of: Callable[[str], LayerQuant], read_p
         return Experts(w13, down_done[0], a13, down_done[1], w13_bias, w2_bias, local=layer.parallel is not None)
 
     return convert
-
-
-def _experts_to_read(layer, reader) -> tuple[int, ...]:
-    """All experts, or an expert-parallel layer's own: the others' tensors are marked as seen so the
-    strict check does not call them unexpected, and never read."""
-    if layer.parallel is None:
-        return tuple(range(layer.num_experts))
-    mine = set(layer.local_experts)
-    for key in reader.tensors:
-        m = re.match(r"experts\.(\d+)\.", key)
-        if m and int(m.group(1)) not in mine and int(m.group(1)) < layer.num_experts:
-            reader.used.add(key)
-    return layer.local_experts
 
 
 def _stack(parts: list[Projection]) -> tuple[QuantizedMatrix, torch.Tensor | None]:

@@ -120,8 +120,6 @@ def load_hf_state_dict(
     with torch.no_grad():
         for name, value in values.items():
             target = layer.get_parameter(name) if name != "correction_bias" else layer.correction_bias
-            if name in layer._EXPERT_TENSORS:  # all experts read; an expert-parallel layer keeps its own
-                value = layer._local_slice(value)
             target.copy_(value)
     layer.compose_kernel()
 
@@ -137,6 +135,8 @@ def _read_router(layer: MoE, reader: _Reader) -> dict[str, torch.Tensor]:
 
 
 def _read_experts(layer: MoE, reader: _Reader, checkpoint_gate_up) -> dict[str, torch.Tensor]:
+    """The layer's expert tensors (its own experts only, for an expert-parallel layer: per-expert
+    tensors of other ranks' experts are never read; fused tensors are read whole and sliced)."""
     gated = layer.activation.gated
     first = "gate_up_proj" if gated else "up_proj"
     fused = [k for k in (f"experts.{first}", "experts.down_proj") if reader.has(k)]
@@ -147,7 +147,7 @@ def _read_experts(layer: MoE, reader: _Reader, checkpoint_gate_up) -> dict[str, 
             "expert tensors given; a checkpoint has one layout"
         )
     if fused:
-        return _read_fused(layer, reader, first, checkpoint_gate_up)
+        return {name: layer._local_slice(t) for name, t in _read_fused(layer, reader, first, checkpoint_gate_up).items()}
     if names is None:
         e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
         rows = 2 * i if gated else i
@@ -216,12 +216,13 @@ def _per_expert_names(reader: _Reader, gated: bool) -> tuple[str, ...] | None:
 
 
 def _read_per_expert(layer: MoE, reader: _Reader, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
+    h, i = layer.hidden_size, layer.intermediate_size
     *firsts, down = names  # (gate, up) or (up,)
     has_bias = layer.w13_bias is not None
+    experts = experts_to_read(layer, reader)
 
     def take_all(name: str, suffix: str, shape) -> torch.Tensor:
-        return torch.stack([reader.take(f"experts.{x}.{name}.{suffix}", shape) for x in range(e)])
+        return torch.stack([reader.take(f"experts.{x}.{name}.{suffix}", shape) for x in experts])
 
     first_rows = [take_all(n, "weight", (i, h)) for n in firsts]  # gate and up kept apart until here
     out = {"w13": _assemble(first_rows, layer), "w2": take_all(down, "weight", (h, i))}
@@ -229,6 +230,20 @@ def _read_per_expert(layer: MoE, reader: _Reader, names: tuple[str, ...]) -> dic
         out["w13_bias"] = _assemble([take_all(n, "bias", (i,)) for n in firsts], layer)
         out["w2_bias"] = take_all(down, "bias", (h,))
     return out
+
+
+def experts_to_read(layer: MoE, reader: _Reader) -> tuple[int, ...]:
+    """All experts, or an expert-parallel layer's own (in its local order): the other experts'
+    per-expert tensors are marked as seen, so the strict check does not call them unexpected, and
+    are never read."""
+    if layer.parallel is None:
+        return tuple(range(layer.num_experts))
+    mine = set(layer.local_experts)
+    for key in reader.tensors:
+        m = re.match(r"experts\.(\d+)\.", key)
+        if m and int(m.group(1)) not in mine and int(m.group(1)) < layer.num_experts:
+            reader.used.add(key)
+    return layer.local_experts
 
 
 def _assemble(parts: list[torch.Tensor], layer: MoE) -> torch.Tensor:
