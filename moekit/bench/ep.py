@@ -38,6 +38,14 @@ def _median_ms(fn, iters: int) -> float:
     return statistics.median(times)
 
 
+def _dispatch_combine(pf, x, w, ids):
+    """One dispatch + combine through ``pf``, the dispatched rows standing in for the experts' output."""
+    def step():
+        prepared = pf.prepare(x, w, ids, False)
+        pf.finalize(prepared.x, None, x.dtype, prepared)
+    return step
+
+
 def _graph_ms(step, iters: int, row: dict, name: str) -> float:
     """Median ms of ``step`` captured once and replayed; NaN (and the error in ``row``) if capture fails."""
     try:
@@ -82,19 +90,13 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                 if comm == "fixed":  # the capacity a server would set for this batch size
                     pf = PaddedAllToAllPrepareFinalize(layer.placement, layer._comm, device, capacity=t)
 
-                def step():
-                    prepared = pf.prepare(x, w, ids, False)
-                    pf.finalize(prepared.x, None, x.dtype, prepared)
+                step = _dispatch_combine(pf, x, w, ids)
                 step()
                 row[f"{comm}_ms"] = _median_ms(step, iters)
                 if comm == "fixed":  # no host sync: the dispatch + combine replay as one CUDA graph
                     row["fixed_graph_ms"] = _graph_ms(step, iters, row, "fixed_graph")
-                    pf8 = PaddedAllToAllPrepareFinalize(layer.placement, layer._comm, device, capacity=t,
-                                                        fp8_dispatch=True)
-
-                    def step8():
-                        prepared = pf8.prepare(x, w, ids, False)
-                        pf8.finalize(prepared.x, None, x.dtype, prepared)
+                    step8 = _dispatch_combine(PaddedAllToAllPrepareFinalize(
+                        layer.placement, layer._comm, device, capacity=t, fp8_dispatch=True), x, w, ids)
                     step8()
                     row["fixed_fp8_graph_ms"] = _graph_ms(step8, iters, row, "fixed_fp8_graph")
                 if comm == "all-to-all":

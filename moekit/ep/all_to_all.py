@@ -48,26 +48,13 @@ class AllToAllPrepareFinalize:
         send_weights = torch.where(mine, topk_weights[rows].float(), 0.0)
         recv_counts = self.comm.exchange_counts(send_counts)
         send_list = send_counts.tolist()
-        received = sum(recv_counts)
         payload, extra = x[rows].contiguous(), []
         if self.fp8_dispatch:
             payload, scale_bits = fp8_dispatch.encode(payload)
             extra = [scale_bits]
-        recv_x = payload.new_empty(received, x.shape[1])
-        wait_x = self.comm.start_all_to_all(recv_x, payload, recv_counts, send_list, "dispatch of token rows")
-        # ids, weights (and fp8 row scales) share one int32 message: k ids, k weights (bits) per row
         meta = torch.cat([send_ids, send_weights.view(torch.int32), *extra], dim=1)
-        recv_meta = meta.new_empty(received, meta.shape[1])
-        wait_meta = self.comm.start_all_to_all(recv_meta, meta, recv_counts, send_list,
-                                               "dispatch of expert ids and weights")
-        overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
-        wait_x()
-        wait_meta()
-        plan = DispatchPlan(rows, send_list, recv_counts, num_tokens)
-        if self.fp8_dispatch:
-            recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], x.dtype)
-        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
-                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
+        return exchange_rows(self.comm, payload, meta, recv_counts, send_list, top_k, x.dtype, self.fp8_dispatch,
+                             overlap, DispatchPlan(rows, send_list, recv_counts, num_tokens))
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
         plan: DispatchPlan = prepared.plan
@@ -77,3 +64,22 @@ class AllToAllPrepareFinalize:
         out = torch.zeros(plan.num_tokens, expert_out.shape[1], dtype=torch.float32, device=expert_out.device)
         out.index_add_(0, plan.send_rows, back.float())
         return add_shared(out, shared_out, out_dtype)
+
+
+def exchange_rows(comm: Collectives, payload: torch.Tensor, meta: torch.Tensor, recv_counts: list[int],
+                  send_counts: list[int], top_k: int, dtype: torch.dtype, fp8: bool, overlap, plan) -> PreparedTokens:
+    """The dispatch both all-to-all forms share: token rows (``payload``, fp8 bytes with ``fp8``) and
+    one int32 message per row (``meta``: k local ids, k weights as bits, then the fp8 row scale), with
+    ``overlap()`` (the shared experts) run while they travel."""
+    received = sum(recv_counts)
+    recv_x = payload.new_empty(received, payload.shape[1])
+    recv_meta = meta.new_empty(received, meta.shape[1])
+    wait_x = comm.start_all_to_all(recv_x, payload, recv_counts, send_counts, "dispatch of token rows")
+    wait_meta = comm.start_all_to_all(recv_meta, meta, recv_counts, send_counts, "dispatch of expert ids and weights")
+    overlapped = overlap() if overlap is not None else None
+    wait_x()
+    wait_meta()
+    if fp8:
+        recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], dtype)
+    return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
+                          topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)

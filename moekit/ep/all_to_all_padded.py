@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from moekit.ep import fp8_dispatch
+from moekit.ep.all_to_all import exchange_rows
 from moekit.ep.collectives import Collectives
 from moekit.ep.placement import ExpertPlacement, route_pairs
 from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
@@ -57,20 +58,9 @@ class PaddedAllToAllPrepareFinalize:
         rows = x.new_zeros(world, cap, hidden)
         rows[:, :num_tokens] = x.unsqueeze(0)
         meta = torch.cat([ids, weights.view(torch.int32), *extra], dim=2).reshape(world * cap, -1)
-        recv_x = torch.empty_like(rows).reshape(world * cap, hidden)
-        recv_meta = torch.empty_like(meta)
         splits = [cap] * world
-        wait_x = self.comm.start_all_to_all(recv_x, rows.reshape(world * cap, hidden), splits, splits,
-                                            "dispatch of token rows")
-        wait_meta = self.comm.start_all_to_all(recv_meta, meta, splits, splits, "dispatch of expert ids and weights")
-        overlapped = overlap() if overlap is not None else None  # the shared experts, while rows travel
-        wait_x()
-        wait_meta()
-        if self.fp8_dispatch:
-            recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], dtype)
-        return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
-                              topk_ids=recv_meta[:, :top_k].contiguous(), plan=PaddedPlan(num_tokens),
-                              overlapped=overlapped)
+        return exchange_rows(self.comm, rows.reshape(world * cap, hidden), meta, splits, splits, top_k, dtype,
+                             self.fp8_dispatch, overlap, PaddedPlan(num_tokens))
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
         world, cap = self.comm.world_size, self.capacity
