@@ -172,15 +172,19 @@ def _gemm2_weighted(
 
 @triton.jit
 def _sum_over_topk(y_ptr, ids_ptr, out_ptr, H, num_experts, top_k,
-                   BLOCK_TOPK: tl.constexpr, BLOCK_H: tl.constexpr):
+                   BLOCK_TOPK: tl.constexpr, BLOCK_H: tl.constexpr, PARTS: tl.constexpr = 1):
+    """out[t] = sum of the token's pair rows (PARTS rows per pair: a split K's parts, in order)."""
     token = tl.program_id(0).to(tl.int64)
     hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     slots = tl.arange(0, BLOCK_TOPK)
     ids = tl.load(ids_ptr + token * top_k + slots, mask=slots < top_k, other=-1)
     ok = (ids >= 0) & (ids < num_experts)  # an out-of-range id's row was never written: skip it
-    y = tl.load(y_ptr + (token * top_k + slots)[:, None] * H + hs[None, :],
-                mask=ok[:, None] & (hs < H)[None, :], other=0.0)
-    tl.store(out_ptr + token * H + hs, tl.sum(y.to(tl.float32), 0).to(out_ptr.dtype.element_ty), mask=hs < H)
+    total = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for part in tl.static_range(PARTS):
+        y = tl.load(y_ptr + ((token * top_k + slots) * PARTS + part)[:, None] * H + hs[None, :],
+                    mask=ok[:, None] & (hs < H)[None, :], other=0.0)
+        total += tl.sum(y.to(tl.float32), 0)
+    tl.store(out_ptr + token * H + hs, total.to(out_ptr.dtype.element_ty), mask=hs < H)
 
 
 def fused_experts(
@@ -208,10 +212,20 @@ def fused_experts(
         out = torch.empty(num_tokens, hidden, dtype=x.dtype, device=x.device)
     if num_tokens == 0:
         return out
+    if max(tiles.gemm1.split_k, tiles.gemm2.split_k) > 1 and (quant is None or not quant.weight_only
+                                                                or tiles.block_m > 2):
+        raise ValueError(f"split_k > 1 ({tiles}) is for the decode GEMV only: weight-only quantized weights "
+                         "with block_m 1 or 2")
     topk_ids = topk_ids.contiguous()
     aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
     activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1,
                              quant=quant, a_scale=a13_scale)
+    parts = tiles.gemm2.split_k
+    if parts > 1:  # the decode GEMV's split K (weight_only_gemv.py): fp32 parts, summed with the slots
+        pair_rows = torch.empty(num_tokens * top_k * parts, hidden, dtype=torch.float32, device=x.device)
+        launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, pair_rows, tiles.gemm2, quant=quant,
+                     a_scale=a2_scale)
+        return launch_sum(pair_rows, topk_ids, num_experts, out, parts)
     if top_k == 1:
         # gemm2 writes each token's row itself; a token whose id is out of range keeps zeros.
         launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, out.zero_(), tiles.gemm2, quant=quant,
@@ -276,12 +290,12 @@ def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, ou
     return out_rows
 
 
-def launch_sum(pair_rows, topk_ids, num_experts: int, out):
+def launch_sum(pair_rows, topk_ids, num_experts: int, out, parts: int = 1):
     num_tokens, hidden = out.shape
     block_h = min(1024, next_pow2(hidden))
     launch(_sum_over_topk, (num_tokens, cdiv(hidden, block_h)),
            (pair_rows, topk_ids, out, hidden, num_experts, topk_ids.shape[1]),
-           dict(BLOCK_TOPK=next_pow2(topk_ids.shape[1]), BLOCK_H=block_h), 4, 3)
+           dict(BLOCK_TOPK=next_pow2(topk_ids.shape[1]), BLOCK_H=block_h, PARTS=parts), 4, 3)
     return out
 
 

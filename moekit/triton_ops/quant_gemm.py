@@ -30,6 +30,8 @@ from moekit.triton_ops.launcher import cdiv, launch
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
 from moekit.triton_ops.tile_configs import GemmTiles
+from moekit.triton_ops.weight_only_gemv import (GEMV_MAX_BLOCK_M, GemvOperand, gemv_supports, launch_gemv_gemm1,
+                                                launch_gemv_gemm2)
 from moekit.triton_ops.weight_only_loop import weight_only_mainloop
 
 WFMT = {WeightFormat.FP8: 0, WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
@@ -290,6 +292,10 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     (weight-only), in fp32 (w8a8 per row or with a static scale), in fp32 with their absolute
     maximum over the real rows (``ActivatedRows``: w8a8 with a dynamic per-tensor scale), or already
     quantized (``QuantizedRows``: w8a8 whose gemm1 tile is one scale group)."""
+    if aligned.block_m <= GEMV_MAX_BLOCK_M:
+        _check_gemv(spec, w13, x.shape[1], w13.data.shape[1] // (2 if activation.gated else 1))
+        return launch_gemv_gemm1(x, w13, w13_bias, aligned, top_k, activation,
+                                 gate_up_layout is GateUpLayout.INTERLEAVED, g, spec)
     w8a8 = not spec.weight_only
     # w8a8: gemm2's input is quantized from fp32, as the reference does (rounding it to bf16 first
     # moves ~1.5% of the fp8 codes by a step: ~1.6e-2 relative error, measured by the bench).
@@ -339,7 +345,9 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
                        out_rows: torch.Tensor, g: GemmTiles, spec: QuantSpec, a_scale: torch.Tensor | None = None):
     """gemm2 on quantized w2 (logical [E, H, I]) into out_rows[pair]. ``activated`` is gemm1's
     output: float rows or ``ActivatedRows`` (quantized here for w8a8, real rows only) or
-    ``QuantizedRows``."""
+    ``QuantizedRows`` or ``GemvOperand`` (decode-sized blocks: weight_only_gemv.py)."""
+    if isinstance(activated, GemvOperand):
+        return launch_gemv_gemm2(activated, w2, w2_bias, topk_weights, aligned, out_rows, g, spec)
     if isinstance(activated, ActivatedRows) or (not spec.weight_only and not isinstance(activated, QuantizedRows)):
         values, amax = (activated.values, activated.amax) if isinstance(activated, ActivatedRows) else (activated, None)
         activated = quantize_rows(values, spec, a_scale,
@@ -364,6 +372,13 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0),
         g.num_warps, g.num_stages)
     return out_rows
+
+
+def _check_gemv(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int) -> None:
+    if not gemv_supports(spec, w13, hidden, inter):
+        raise ValueError(f"row blocks of {GEMV_MAX_BLOCK_M} or fewer rows run the decode GEMV "
+                         f"(weight_only_gemv.py), which does not take {spec.scheme} at hidden {hidden}, "
+                         f"intermediate {inter}; use block_m >= 16")
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -29,6 +29,7 @@ class GemmTiles:
     num_warps: int = 4
     num_stages: int = 3
     tma: bool = False  # weight tiles by the tensor-memory accelerator (Hopper) where the tensor allows
+    split_k: int = 1  # parts of K in programs of their own, summed after (the decode GEMV only)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     if key.dtype == torch.float32:  # the interpreter, or fp32 on a GPU: modest tiles
         return ExpertsTiles(16, GemmTiles(32, 32), GemmTiles(32, 32))
     if key.quant != "none":
-        return _default_quant_tiles(key.quant, rows_per_expert)
+        return _default_quant_tiles(key, num_tokens)
     if rows_per_expert <= 16:
         return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(64, 128, 1, 4, 4))
     if rows_per_expert <= 48:
@@ -127,11 +128,12 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     return ExpertsTiles(128, GemmTiles(64, 64, 8, 8, 4), GemmTiles(128, 64, 8, 8, 4))
 
 
-def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
+def _default_quant_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles),
     chosen from sm90 builds without spills (registers read from the compiled kernels).
 
-    Decode streams the weights. w8a8: 64-wide tiles with 256-wide K steps (fp8-block128 takes 128)
+    Decode streams the weights. Weight-only schemes at one row per expert or fewer take the CUDA-core
+    GEMV (weight_only_gemv.decode_gemv_tiles). w8a8: 64-wide tiles with 256-wide K steps (fp8-block128 takes 128)
     measured best on an H200 (1.1-1.3x faster than 16-wide: narrow tiles made ~1.1 waves of
     programs at DeepSeek-V3, half of the last wave idle).
     Weight-only: the dequantization is paid per weight element whatever the rows, so wider tiles
@@ -146,7 +148,14 @@ def _default_quant_tiles(scheme: str, rows_per_expert: float) -> ExpertsTiles:
     from moekit.quant.registry import method_for
     from moekit.quant.spec import ActQuant
 
-    spec = method_for(scheme).spec
+    spec = method_for(key.quant).spec
+    rows_per_expert = num_tokens * key.top_k / key.num_experts
+    if spec.weight_only:
+        from moekit.triton_ops.weight_only_gemv import decode_gemv_tiles
+
+        gemv = decode_gemv_tiles(spec, key.num_experts, key.top_k, key.hidden_size, key.intermediate_size, num_tokens)
+        if gemv is not None:
+            return gemv
     if rows_per_expert <= 16 and spec.weight_only:  # H200 sweep (weight_only_loop): 32/64-wide tiles
         k_step = 64 if spec.weight.packed else 128
         return ExpertsTiles(16, GemmTiles(32, k_step, 1, 4, 2), GemmTiles(64, k_step, 1, 4, 2))

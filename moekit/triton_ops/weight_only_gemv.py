@@ -1,0 +1,691 @@
+"""Decode-sized weight-only GEMMs (w4a16, w8a16, mxfp4, nvfp4) on CUDA cores: one or two rows per
+expert block, every weight element decoded by one or two integer ops and consumed by one FMA.
+
+Why not the tensor-core loop (weight_only_loop.py) at decode: with a row or two per expert the MMA
+does no useful work, while feeding it costs ~6-10 instructions per weight element (dequantize to
+the operand's dtype, move into the MMA layout); 4-bit weights then stream at a fraction of the
+memory bandwidth (about 2.5 instructions per element keep up with an H200's HBM).
+
+How a code becomes a number with no conversion instruction:
+
+- uint4 / int8 codes are masked in place inside their 32-bit word: ``word & (0xF << p)`` read as
+  fp32 is the subnormal ``n * 2**(p - 149)``, exact. The activation that meets it was multiplied by
+  ``2**(64 - p)`` beforehand (the *operand* below), so every product is ``n * a * 2**-85`` whatever
+  p. Signed int8 codes become offset-binary (q + 128) by an XOR folded into the same op. The zero
+  point (8 for symmetric uint4, 128 for int8, or the stored one) leaves the per-element work:
+  sum((n - z) a) = sum(n a) - z sum(a), with sum(a) taken per slot from the operand.
+- e2m1 codes: the exponent and mantissa bits moved to the top of an fp32 exponent make the value
+  times 2**-126 (subnormal for code 1), the sign bit moved to bit 31; the activation carries 2**64.
+
+The operand: an fp32 copy of the GEMM's input rows, each value pre-multiplied by its factor and
+stored slot by slot: a slot is WPS consecutive 32-bit words of codes (EPW codes each), and within
+it the values are ordered code position first (j * WPS + i for code j of word i), so that each code
+position's activations load as one vector in the weight tile's layout. gemm1's input is written by
+``prepare_operand``; gemm1's epilogue writes gemm2's input directly in this form.
+
+Each thread owns a slot (4 words: one 16-byte load) of a few weight rows per step; a slot lies in
+one scale group (nvfp4's 16-code groups take 2-word slots), so its sum is scaled once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from moekit.quant.spec import QuantizedMatrix, QuantSpec, WeightFormat
+from moekit.triton_ops.launcher import cdiv, launch, next_pow2
+from moekit.triton_ops.experts_kernels import ACT_CODE, _activate
+from moekit.triton_ops.quant_formats import e4m3_values, e8m0_values
+
+INT8_FLIP = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as int32: q ^ 0x80 = q + 128 for each byte
+SIGN_BIT = tl.constexpr(-0x80000000)
+E2M1_BITS = tl.constexpr(0x01C00000)  # exponent and mantissa of an e2m1 code at the top of an fp32 exponent
+# Slots per operand block: each code position's values of 8 slots lie together, so the threads that
+# own neighbouring slots read one 128-byte line per code position (4-bit, 4-word slots).
+PERM_SLOTS = tl.constexpr(8)
+OPERAND_SHIFT = 64  # log2 of the activations' factor (before the code position's 2**-p)
+INT_RESULT = tl.constexpr(2.0 ** (149 - OPERAND_SHIFT))  # undoes 2**(p-149) * 2**(64-p)
+E2M1_RESULT = tl.constexpr(2.0 ** (126 - OPERAND_SHIFT))  # undoes 2**-126 * 2**64
+
+
+_WFMT = {WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
+
+
+def codes_per_word(weight: WeightFormat) -> int:
+    return 8 if weight.packed else 4
+
+
+def words_per_slot(spec: QuantSpec) -> int:
+    """4 (one 16-byte load), fewer when a scale group holds fewer words (nvfp4: 16 codes = 2)."""
+    epw = codes_per_word(spec.weight)
+    return 4 if spec.group_k == 0 else min(4, spec.group_k // epw)
+
+
+GEMV_MAX_BLOCK_M = 2  # row blocks this small run here (the tiles' block_m says which path runs)
+
+
+def gemv_supports_scheme(spec: QuantSpec, hidden: int, inter: int) -> bool:
+    """Whether the decode GEMV runs this scheme at these sizes (else the tensor-core loop)."""
+    if not spec.weight_only or spec.weight not in _WFMT or spec.group_n != 1:
+        return False
+    epw = codes_per_word(spec.weight)
+    words_per_group = spec.group_k // epw
+    if spec.group_k and (spec.group_k % epw or words_per_group & (words_per_group - 1)):
+        return False
+    slot = epw * words_per_slot(spec)
+    return hidden % slot == 0 and inter % slot == 0  # K masks then cover whole slots (vector loads)
+
+
+def gemv_supports(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int) -> bool:
+    """gemv_supports_scheme, and w13's codes (w2's are alike) readable as words, without act-order."""
+    return gemv_supports_scheme(spec, hidden, inter) and w13.g_idx is None and _word_view(w13.data) is not None
+
+
+def _word_view(data: torch.Tensor) -> torch.Tensor | None:
+    """The codes as int32 words [E, N, K / EPW] (None when the storage cannot be seen so)."""
+    if data.stride(-1) != 1 or data.shape[-1] % 4 or data.storage_offset() % 4 or any(s % 4 for s in data.stride()[:-1]):
+        return None
+    return data.view(torch.int32)
+
+
+@dataclass(frozen=True)
+class GemvOperand:
+    """A GEMM input in the operand form (see the module docstring): fp32 [R, ceil(K / slot) * slot]."""
+
+    values: torch.Tensor
+    k: int  # the logical columns
+
+
+@triton.jit
+def _operand_position(cols, EPW: tl.constexpr, WPS: tl.constexpr):
+    """Where logical column ``cols`` goes in the operand, and its code position j in its word: in
+    blocks of PERM_SLOTS slots, code position first, then slot, then word (see the module docstring)."""
+    SLOT: tl.constexpr = EPW * WPS
+    BLOCK: tl.constexpr = PERM_SLOTS * SLOT
+    j = cols % EPW
+    in_block = cols % BLOCK
+    return (cols // BLOCK) * BLOCK + j * (PERM_SLOTS * WPS) + (in_block // SLOT) * WPS + (in_block % SLOT) // EPW, j
+
+
+@triton.jit
+def _operand_offsets(slot_abs, WPS: tl.constexpr, EPW: tl.constexpr):
+    """Operand offsets of code position 0 of slots ``slot_abs`` [G], word by word: [G, WPS]."""
+    BLOCK: tl.constexpr = PERM_SLOTS * WPS * EPW
+    first = (slot_abs // PERM_SLOTS) * BLOCK + (slot_abs % PERM_SLOTS) * WPS
+    return first[:, None] + tl.arange(0, WPS)[None, :]
+
+
+@triton.jit
+def _position_factor(j, WFMT: tl.constexpr):
+    """2**(64 - p) for a code at bit p of its word (p as _code_values masks it); 2**64 for e2m1."""
+    if WFMT == 2:
+        p = tl.where(j <= 4, 4 * j, 4 * (j - 3))
+    elif WFMT == 1:
+        p = 8 * (j % 2)
+    else:
+        p = j * 0
+    return ((127 + 64 - p) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _prepare_operand(x_ptr, out_ptr, K, stride_xm, stride_om, WFMT: tl.constexpr, EPW: tl.constexpr,
+                     WPS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < K
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
+    pos, j = _operand_position(cols, EPW, WPS)
+    tl.store(out_ptr + row * stride_om + pos, x * _position_factor(j, WFMT), mask=ok)
+
+
+def operand_columns(spec: QuantSpec, k: int) -> int:
+    """Columns of an operand of ``k`` logical ones: whole blocks (a last partial block is padded)."""
+    block = PERM_SLOTS.value * codes_per_word(spec.weight) * words_per_slot(spec)
+    return cdiv(k, block) * block
+
+
+def prepare_operand(x: torch.Tensor, spec: QuantSpec) -> GemvOperand:
+    """gemm1's input [T, K] (any float dtype) in the operand form."""
+    rows, k = x.shape
+    out = torch.empty(rows, operand_columns(spec, k), dtype=torch.float32, device=x.device)
+    block = min(1024, next_pow2(k))
+    if rows:
+        launch(_prepare_operand, (rows, cdiv(k, block)), (x, out, k, x.stride(0), out.stride(0)),
+               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec), BLOCK=block),
+               4, 1)
+    return GemvOperand(out, k)
+
+
+
+@triton.jit
+def _code_values(W, W8, J: tl.constexpr, WFMT: tl.constexpr):
+    """Code J of every word as fp32 (see the module docstring). ``W8`` is the words shifted right
+    by 8 (e2m1) or 12 (uint4) or 16 (int8, after the XOR), computed once per word."""
+    if WFMT == 2:  # uint4 at bit p = 4J (J <= 4), or 4(J - 3) in W8
+        if J <= 4:
+            bits = W & (0xF << (4 * J))
+        else:
+            bits = W8 & (0xF << (4 * (J - 3)))
+    elif WFMT == 1:  # int8 + 128 at bit 8 (J % 2) of W (XORed with INT8_FLIP) or W8
+        if J <= 1:
+            bits = W & (0xFF << (8 * J))
+        else:
+            bits = W8 & (0xFF << (8 * (J - 2)))
+    else:  # e2m1: one multiply puts copies of the code at bits 22-25 and 28-31; the mask keeps
+        # exponent+mantissa of the first and the sign of the second
+        if J <= 5:
+            q = (W & (0xF << (4 * J))) * ((1 << (22 - 4 * J)) + (1 << (28 - 4 * J)))
+        else:
+            q = (W8 & (0xF << (4 * (J - 2)))) * ((1 << (22 - 4 * (J - 2))) + (1 << (28 - 4 * (J - 2))))
+        bits = q & (E2M1_BITS | SIGN_BIT)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _words(ptrs, ok, EVEN: tl.constexpr):
+    """A step's code words [G, BLOCK_N, WPS]."""
+    if EVEN:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=ok, other=0)
+
+
+@triton.jit
+def _shifted(W, WFMT: tl.constexpr):
+    """The words as _code_values reads them, and their shifted twin (computed where used, so that a
+    prefetched word is not waited for early)."""
+    if WFMT == 1:
+        W = W ^ INT8_FLIP
+        return W, W >> 16
+    elif WFMT == 2:
+        return W, W >> 12
+    else:
+        return W, W >> 8
+
+
+@triton.jit
+def _load_operand(a_ptrs, ok, STRIDE: tl.constexpr, EPW: tl.constexpr, EVEN: tl.constexpr):
+    """The step's activations per code position: [G, WPS] each (positions past EPW repeat 0).
+    ``a_ptrs`` point at code position 0; positions lie STRIDE apart."""
+    if EVEN:
+        a0 = tl.load(a_ptrs)
+        a1 = tl.load(a_ptrs + STRIDE)
+        a2 = tl.load(a_ptrs + 2 * STRIDE)
+        a3 = tl.load(a_ptrs + 3 * STRIDE)
+    else:
+        a0 = tl.load(a_ptrs, mask=ok, other=0.0)
+        a1 = tl.load(a_ptrs + STRIDE, mask=ok, other=0.0)
+        a2 = tl.load(a_ptrs + 2 * STRIDE, mask=ok, other=0.0)
+        a3 = tl.load(a_ptrs + 3 * STRIDE, mask=ok, other=0.0)
+    if EPW == 8:
+        if EVEN:
+            a4 = tl.load(a_ptrs + 4 * STRIDE)
+            a5 = tl.load(a_ptrs + 5 * STRIDE)
+            a6 = tl.load(a_ptrs + 6 * STRIDE)
+            a7 = tl.load(a_ptrs + 7 * STRIDE)
+        else:
+            a4 = tl.load(a_ptrs + 4 * STRIDE, mask=ok, other=0.0)
+            a5 = tl.load(a_ptrs + 5 * STRIDE, mask=ok, other=0.0)
+            a6 = tl.load(a_ptrs + 6 * STRIDE, mask=ok, other=0.0)
+            a7 = tl.load(a_ptrs + 7 * STRIDE, mask=ok, other=0.0)
+    else:
+        a4, a5, a6, a7 = a0, a1, a2, a3
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _slot_dot(W, a0, a1, a2, a3, a4, a5, a6, a7, WFMT: tl.constexpr, EPW: tl.constexpr):
+    """sum over each slot of code * activation: [G, BLOCK_N] (in the operand's units)."""
+    W, W8 = _shifted(W, WFMT)
+    t = _code_values(W, W8, 0, WFMT) * a0[:, None, :]
+    t += _code_values(W, W8, 1, WFMT) * a1[:, None, :]
+    t += _code_values(W, W8, 2, WFMT) * a2[:, None, :]
+    t += _code_values(W, W8, 3, WFMT) * a3[:, None, :]
+    if EPW == 8:
+        t += _code_values(W, W8, 4, WFMT) * a4[:, None, :]
+        t += _code_values(W, W8, 5, WFMT) * a5[:, None, :]
+        t += _code_values(W, W8, 6, WFMT) * a6[:, None, :]
+        t += _code_values(W, W8, 7, WFMT) * a7[:, None, :]
+    return tl.sum(t, 2)
+
+
+@triton.jit
+def _slot_activation_sum(a0, a1, a2, a3, a4, a5, a6, a7, WFMT: tl.constexpr):
+    """sum of the (unscaled) activations of each slot, times 2**-85: [G] in the products' units
+    (unused for e2m1, which has no zero point)."""
+    if WFMT == 2:
+        s = a0 + a1 * 16.0 + a2 * 256.0 + a3 * 4096.0 + a4 * 65536.0 + a5 * 256.0 + a6 * 4096.0 + a7 * 65536.0
+    elif WFMT == 1:
+        s = a0 + a1 * 256.0 + a2 + a3 * 256.0
+    else:
+        s = a0 * 0.0
+    return tl.sum(s, 1) * (2.0**-64) * (2.0**-85)
+
+
+@triton.jit
+def _group_scales(s_ptrs, mask, SFMT: tl.constexpr, EVEN: tl.constexpr):
+    if EVEN:
+        raw = tl.load(s_ptrs)
+    else:
+        raw = tl.load(s_ptrs, mask=mask, other=0)
+    if SFMT == 0:
+        return raw.to(tl.float32)
+    elif SFMT == 1:
+        return e8m0_values(raw.to(tl.int32) & 0xFF)
+    else:
+        return e4m3_values(raw.to(tl.int32) & 0xFF)
+
+
+@triton.jit
+def _zero_points(z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr):
+    """The code that means 0, in the products' units (int8 codes carry +128 from the XOR)."""
+    if HAS_ZERO:
+        if EVEN:
+            z = tl.load(z_ptrs).to(tl.float32)
+        else:
+            z = tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)
+    else:
+        z = 8.0 if WFMT == 2 else 0.0
+    if WFMT == 1:
+        z = z + 128.0
+    return z
+
+
+@triton.jit
+def _step(acc, W, a0, a1, a2, a3, a4, a5, a6, a7, asum, s, z,
+          WFMT: tl.constexpr, EPW: tl.constexpr, GROUP_K: tl.constexpr):
+    c = _slot_dot(W, a0, a1, a2, a3, a4, a5, a6, a7, WFMT, EPW)
+    if WFMT != 3:
+        c = c - z * asum[:, None]
+    if GROUP_K > 0:
+        c = c * s
+    return acc + c
+
+
+@triton.jit
+def _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, kw, KW, col_ok, slot,
+                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                  HAS_ZERO: tl.constexpr, WPS: tl.constexpr, EPW: tl.constexpr, EVEN: tl.constexpr,
+                  stride_sk):
+    """Everything one step reads of the weights from word ``kw`` on: gate (and up) codes, the
+    scales and zero points of each slot (zeros past K or past the last row)."""
+    s_ok = ((kw + slot * WPS) < KW)[:, None] & col_ok[None, :]
+    if GROUP_K > 0:  # each slot's scale group (a slot lies in one)
+        s_cols = ((kw * EPW + slot * (WPS * EPW)) // GROUP_K)[:, None] * stride_sk
+    else:
+        s_cols = slot[:, None] * 0
+    W = _words(g_ptrs + kw, s_ok[:, :, None], EVEN)
+    gs = _group_scales(gs_rows + s_cols, s_ok, SFMT, EVEN)
+    gz = _zero_points(gz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
+    if GATED:
+        U = _words(u_ptrs + kw, s_ok[:, :, None], EVEN)
+        us = _group_scales(us_rows + s_cols, s_ok, SFMT, EVEN)
+        uz = _zero_points(uz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
+    else:
+        U, us, uz = W, gs, gz
+    return W, gs, gz, U, us, uz
+
+
+@triton.jit
+def gemv_mainloop(a_base, a_row0, a_row1, stride_am, K, split, w_base, s_base, z_base, gate_rows, up_rows,
+                  col_ok, stride_wn, stride_sn, stride_sk, SPLIT: tl.constexpr,
+                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                  HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
+                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """(gate, up) of operand rows a_row0 and a_row1 (when BLOCK_M is 2), each fp32 [BLOCK_N], over
+    part ``split`` of SPLIT parts of K, whole steps each (scaled, zero points applied, in real units except per-row factors: a scale spanning K,
+    the global scale). ``w_base`` points at the expert's codes as int32 words; strides are in words
+    (weights) and elements (scales). EVEN_K: the steps tile K (no K masks; else K is a whole number
+    of slots); EVEN_N: every weight row exists (no row masks). The next step's weights are loaded
+    before this step's arithmetic (register double buffering: the loads stay in flight meanwhile)."""
+    EPW: tl.constexpr = 8 if WFMT >= 2 else 4
+    STEP_W: tl.constexpr = G * WPS
+    EVEN: tl.constexpr = EVEN_K and EVEN_N
+    KW = K // EPW
+    chunk = tl.cdiv(tl.cdiv(KW, STEP_W), SPLIT) * STEP_W
+    k_lo = split * chunk
+    k_hi = tl.minimum(KW, k_lo + chunk)
+    # (rounded down to whole steps, so the compiler still sees 16-byte aligned word offsets)
+    k_last = (k_hi - 1) // STEP_W * STEP_W
+    k_first = tl.minimum(k_lo, (KW - 1) // STEP_W * STEP_W) if EVEN_K else k_lo  # a part past K: in bounds, unused
+    slot = tl.arange(0, G)
+    word = slot[:, None] * WPS + tl.arange(0, WPS)[None, :]  # [G, WPS]
+    # tiles are [G, BLOCK_N, WPS], slots first: Triton then spreads a warp's threads over the slots
+    # (neighbouring 16-byte pieces of a row) before the rows, and each thread's rows share the
+    # activations it loads
+    g_ptrs = w_base + gate_rows[None, :, None].to(tl.int64) * stride_wn + word[:, None, :]
+    u_ptrs = w_base + up_rows[None, :, None].to(tl.int64) * stride_wn + word[:, None, :]
+    a0_base = a_base + a_row0 * stride_am
+    a1_base = a_base + a_row1 * stride_am
+    gs_rows = s_base + gate_rows[None, :] * stride_sn
+    us_rows = s_base + up_rows[None, :] * stride_sn
+    gz_rows = z_base + gate_rows[None, :] * stride_sn
+    uz_rows = z_base + up_rows[None, :] * stride_sn
+    acc_g0 = tl.zeros((G, gate_rows.shape[0]), dtype=tl.float32)
+    acc_u0 = acc_g0
+    acc_g1 = acc_g0
+    acc_u1 = acc_g0
+    W, gs, gz, U, us, uz = _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, k_first, KW, col_ok,
+                                                 slot, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, WPS, EPW, EVEN,
+                                                 stride_sk)
+    for kw in range(k_lo, k_hi, STEP_W):
+        k_next = kw + STEP_W
+        if EVEN_K:  # past the last step: the last step again (in bounds, unused)
+            k_next = tl.minimum(k_next, k_last)
+        nW, ngs, ngz, nU, nus, nuz = _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows,
+                                                             k_next, KW, col_ok, slot, GATED, WFMT, SFMT, GROUP_K,
+                                                             HAS_ZERO, WPS, EPW, EVEN, stride_sk)
+        a_ok = ((kw + word) < KW)
+        a_offs = _operand_offsets(kw // WPS + slot, WPS, EPW)
+        a0, a1, a2, a3, a4, a5, a6, a7 = _load_operand(a0_base + a_offs, a_ok, PERM_SLOTS * WPS, EPW, EVEN_K)
+        asum = _slot_activation_sum(a0, a1, a2, a3, a4, a5, a6, a7, WFMT)
+        acc_g0 = _step(acc_g0, W, a0, a1, a2, a3, a4, a5, a6, a7, asum, gs, gz, WFMT, EPW, GROUP_K)
+        if GATED:
+            acc_u0 = _step(acc_u0, U, a0, a1, a2, a3, a4, a5, a6, a7, asum, us, uz, WFMT, EPW, GROUP_K)
+        if BLOCK_M == 2:
+            b0, b1, b2, b3, b4, b5, b6, b7 = _load_operand(a1_base + a_offs, a_ok, PERM_SLOTS * WPS, EPW, EVEN_K)
+            bsum = _slot_activation_sum(b0, b1, b2, b3, b4, b5, b6, b7, WFMT)
+            acc_g1 = _step(acc_g1, W, b0, b1, b2, b3, b4, b5, b6, b7, bsum, gs, gz, WFMT, EPW, GROUP_K)
+            if GATED:
+                acc_u1 = _step(acc_u1, U, b0, b1, b2, b3, b4, b5, b6, b7, bsum, us, uz, WFMT, EPW, GROUP_K)
+        W, gs, gz, U, us, uz = nW, ngs, ngz, nU, nus, nuz
+    RESULT: tl.constexpr = E2M1_RESULT if WFMT == 3 else INT_RESULT
+    return (tl.sum(acc_g0, 0) * RESULT, tl.sum(acc_u0, 0) * RESULT,
+            tl.sum(acc_g1, 0) * RESULT, tl.sum(acc_u1, 0) * RESULT)
+
+
+@triton.jit
+def _block_row(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs):
+    """Row M of the block (row 0 again when the block has one): aligned row, pair, whether real."""
+    row = pid_m * BLOCK_M + (M if M < BLOCK_M else 0)
+    pair = tl.load(sorted_ptr + row)
+    return row.to(tl.int64), pair, pair < num_pairs
+
+
+@triton.jit
+def _store_operand(out_ptr, row, h, cols, col_ok, stride_om, OUT_WFMT: tl.constexpr, OUT_EPW: tl.constexpr,
+                   OUT_WPS: tl.constexpr):
+    pos, j = _operand_position(cols, OUT_EPW, OUT_WPS)
+    tl.store(out_ptr + row * stride_om + pos, h * _position_factor(j, OUT_WFMT), mask=col_ok)
+
+
+@triton.jit
+def _row_factor(s_base, gs_ptr, rows, col_ok, stride_sn, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                HAS_GLOBAL: tl.constexpr):
+    """What the main loop leaves to each output row: a scale spanning K, the nvfp4 global scale."""
+    f = tl.full(rows.shape, 1.0, tl.float32)
+    if GROUP_K == 0:
+        f = f * _group_scales(s_base + rows * stride_sn, col_ok, SFMT, False)
+    if HAS_GLOBAL:
+        f = f * tl.load(gs_ptr)
+    return f
+
+
+@triton.jit
+def _gemv_gemm1(
+    a_ptr, w_ptr, ws_ptr, wz_ptr, wgs_ptr, bias_ptr, out_ptr,
+    sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, top_k, K, I, NUM_BLOCKS_N,
+    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_om,
+    alpha, limit,
+    ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """gate/up GEMV of one block of rows (tokens' operand rows) and BLOCK_N output columns, the
+    activation, and gemm2's operand written for the block's aligned rows. With SPLIT > 1 each
+    program takes a part of K and writes its partial gate/up sums (part[split, row, gate|up, col],
+    fp32) for _gemv_gemm1_finish."""
+    split = tl.program_id(0) % SPLIT
+    pid_mn = tl.program_id(0) // SPLIT
+    pid_m = pid_mn // NUM_BLOCKS_N
+    pid_n = pid_mn % NUM_BLOCKS_N
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    row0, pair0, ok0 = _block_row(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs)
+    row1, pair1, ok1 = _block_row(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    if INTERLEAVED:
+        gate_rows, up_rows = 2 * cols, 2 * cols + 1
+    else:
+        gate_rows, up_rows = cols, cols + I
+    s_base = ws_ptr + expert * stride_se
+    # a padding row reads token 0 (never stored by gemm2): no masks on the activations
+    token0 = tl.where(ok0, pair0 // top_k, 0).to(tl.int64)
+    token1 = tl.where(ok1, pair1 // top_k, 0).to(tl.int64)
+    g0, u0, g1, u1 = gemv_mainloop(a_ptr, token0, token1, stride_am, K, split, w_ptr + expert * stride_we, s_base,
+                                   wz_ptr + expert * stride_se, gate_rows, up_rows, col_ok, stride_wn, stride_sn,
+                                   stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K,
+                                   EVEN_N)
+    if SPLIT > 1:  # part[split] holds [rows, gate|up, I]; rows = the grid's row blocks * BLOCK_M
+        part = out_ptr + split.to(tl.int64) * (tl.num_programs(0) // SPLIT // NUM_BLOCKS_N * BLOCK_M) * 2 * I
+        tl.store(part + (row0 * 2) * I + cols, g0, mask=col_ok)
+        tl.store(part + (row0 * 2 + 1) * I + cols, u0, mask=col_ok)
+        if BLOCK_M == 2:
+            tl.store(part + (row1 * 2) * I + cols, g1, mask=col_ok)
+            tl.store(part + (row1 * 2 + 1) * I + cols, u1, mask=col_ok)
+    else:
+        _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
+                        gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                        ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+
+
+@triton.jit
+def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_expert_ptr, num_rows_ptr,
+                       I, ROWS, NUM_BLOCKS_N, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                       ACT: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr,
+                       SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr):
+    """gemm1's epilogue after a split K: the parts summed in order (deterministic), then as unsplit."""
+    pid_m = tl.program_id(0) // NUM_BLOCKS_N
+    pid_n = tl.program_id(0) % NUM_BLOCKS_N
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    row0 = (pid_m * BLOCK_M).to(tl.int64)
+    row1 = row0 + (1 if BLOCK_M == 2 else 0)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < I
+    if INTERLEAVED:
+        gate_rows, up_rows = 2 * cols, 2 * cols + 1
+    else:
+        gate_rows, up_rows = cols, cols + I
+    g0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    u0 = g0
+    g1 = g0
+    u1 = g0
+    for split in tl.static_range(SPLIT):
+        part = part_ptr + split * ROWS * 2 * I
+        g0 += tl.load(part + (row0 * 2) * I + cols, mask=col_ok, other=0.0)
+        u0 += tl.load(part + (row0 * 2 + 1) * I + cols, mask=col_ok, other=0.0)
+        if BLOCK_M == 2:
+            g1 += tl.load(part + (row1 * 2) * I + cols, mask=col_ok, other=0.0)
+            u1 += tl.load(part + (row1 * 2 + 1) * I + cols, mask=col_ok, other=0.0)
+    _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
+                    gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                    ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+
+
+@triton.jit
+def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
+                    gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
+                    GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, WPS: tl.constexpr):
+    """Per-row factors, biases and the activation of rows row0 (and row1), written as gemm2's operand."""
+    s_base = ws_ptr + expert * stride_se
+    gf = _row_factor(s_base, wgs_ptr + expert, gate_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
+    uf = _row_factor(s_base, wgs_ptr + expert, up_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
+    if HAS_BIAS:
+        b_base = bias_ptr + expert * stride_be
+        gb = tl.load(b_base + gate_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
+        ub = tl.load(b_base + up_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
+    else:
+        gb = 0.0
+        ub = 0.0
+    EPW: tl.constexpr = 8 if WFMT >= 2 else 4
+    h0 = _activate(g0 * gf + gb, u0 * uf + ub, alpha, limit, ACT)
+    _store_operand(out_ptr, row0, h0, cols, col_ok, stride_om, WFMT, EPW, WPS)
+    if BLOCK_M == 2:
+        h1 = _activate(g1 * gf + gb, u1 * uf + ub, alpha, limit, ACT)
+        _store_operand(out_ptr, row1, h1, cols, col_ok, stride_om, WFMT, EPW, WPS)
+
+
+@triton.jit
+def _gemv_gemm2(
+    a_ptr, w_ptr, ws_ptr, wz_ptr, wgs_ptr, bias_ptr, weight_ptr, out_ptr,
+    sorted_ptr, block_expert_ptr, num_rows_ptr,
+    num_pairs, N, K, NUM_BLOCKS_N,
+    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_om,
+    HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """The activated operand rows of one block @ BLOCK_N rows of w2, the bias and the routing weight,
+    written per pair: at row pair * SPLIT + split of out (fp32) with SPLIT > 1 (the bias in part 0),
+    the pairs' parts then summed with the top-k slots by _sum_over_topk."""
+    split = tl.program_id(0) % SPLIT
+    pid_mn = tl.program_id(0) // SPLIT
+    pid_m = pid_mn // NUM_BLOCKS_N
+    pid_n = pid_mn % NUM_BLOCKS_N
+    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+        return
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    row0, pair0, ok0 = _block_row(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs)
+    row1, pair1, ok1 = _block_row(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    s_base = ws_ptr + expert * stride_se
+    y0, _u0, y1, _u1 = gemv_mainloop(a_ptr, row0, row1, stride_am, K, split, w_ptr + expert * stride_we, s_base,
+                                     wz_ptr + expert * stride_se, cols, cols, col_ok, stride_wn, stride_sn, stride_sk,
+                                     SPLIT, False, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
+    f = _row_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
+    if HAS_BIAS and split == 0:
+        bias = tl.load(bias_ptr + expert * stride_be + cols * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros_like(f)
+    _store_pair(out_ptr, weight_ptr, pair0, ok0, y0 * f + bias, cols, col_ok, stride_om, SPLIT, split)
+    if BLOCK_M == 2:
+        _store_pair(out_ptr, weight_ptr, pair1, ok1, y1 * f + bias, cols, col_ok, stride_om, SPLIT, split)
+
+
+@triton.jit
+def _store_pair(out_ptr, weight_ptr, pair, real, y, cols, col_ok, stride_om, SPLIT: tl.constexpr, split):
+    """A real pair's row (or its part ``split``) times its routing weight (masks as tensors: the
+    interpreter refuses scalars)."""
+    ok = col_ok & ((cols * 0 + real.to(tl.int32)) > 0)
+    w = tl.load(weight_ptr + pair + cols * 0, mask=ok, other=0.0)
+    row = pair.to(tl.int64) * SPLIT + split
+    tl.store(out_ptr + row * stride_om + cols, (y * w).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _matrix_args(m: QuantizedMatrix):
+    """Word view of the codes, scales (e4m3 as bytes), zero points sharing the scales' strides
+    (absent: the scales, never read), global scale (absent: the scales)."""
+    words = _word_view(m.data)
+    scale = m.scale.contiguous()
+    if scale.dtype == torch.float8_e4m3fn:
+        scale = scale.view(torch.uint8)
+    zero = m.zero.contiguous() if m.zero is not None else scale
+    gscale = m.global_scale if m.global_scale is not None else scale
+    return words, scale, zero, gscale
+
+
+def _constexprs(spec: QuantSpec, m: QuantizedMatrix, block_m: int, block_n: int, block_k: int, n: int,
+                k: int) -> dict:
+    """``block_k``: codes per step, a power of two (at least one slot); ``n`` x ``k``: the GEMM."""
+    wps = words_per_slot(spec)
+    slot = codes_per_word(spec.weight) * wps
+    g = max(1, block_k // slot)
+    return dict(WFMT=_WFMT[spec.weight], SFMT={"fp32": 0, "e8m0": 1, "e4m3": 2}[spec.scale_format.value],
+                GROUP_K=spec.group_k, HAS_ZERO=m.zero is not None, HAS_GLOBAL=m.global_scale is not None,
+                BLOCK_M=block_m, BLOCK_N=block_n, G=g, WPS=wps, EVEN_K=k % (g * slot) == 0, EVEN_N=n % block_n == 0)
+
+
+def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, activation, interleaved: bool,
+                      g, spec: QuantSpec) -> GemvOperand:
+    """gemm1 for decode-sized blocks (block_m 1 or 2): x [T, H] -> gemm2's operand [rows, I]. ``g``:
+    the GemmTiles (block_n rows of w13 per program, block_k codes per step, split_k parts of K)."""
+    op = prepare_operand(x, spec)
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden = x.shape[1]
+    inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
+    out = torch.empty(rows, operand_columns(spec, inter), dtype=torch.float32, device=x.device)
+    words, scale, zero, gscale = _matrix_args(w13)
+    bias = w13_bias if w13_bias is not None else scale
+    blocks_n = cdiv(inter, g.block_n)
+    split = g.split_k
+    part = torch.empty(split, rows, 2, inter, dtype=torch.float32, device=x.device) if split > 1 else out
+    strides = (scale.stride(0), scale.stride(1), scale.stride(2), bias.stride(0), bias.stride(-1), out.stride(0))
+    epilogue = dict(ACT=ACT_CODE[activation.kind], INTERLEAVED=interleaved, HAS_BIAS=w13_bias is not None)
+    ce = _constexprs(spec, w13, block_m, g.block_n, g.block_k, inter, hidden)
+    launch(_gemv_gemm1, (rows // block_m * blocks_n * split,),
+           (op.values, words, scale, zero, gscale, bias, part, aligned.sorted_pairs, aligned.block_expert,
+            aligned.num_rows, x.shape[0] * top_k, top_k, hidden, inter, blocks_n,
+            op.values.stride(0), words.stride(0), words.stride(1), *strides, activation.alpha, activation.limit),
+           dict(**epilogue, GATED=activation.gated, **ce, SPLIT=split), g.num_warps, 1)
+    if split > 1:
+        launch(_gemv_gemm1_finish, (rows // block_m * blocks_n,),
+               (part, scale, gscale, bias, out, aligned.block_expert, aligned.num_rows, inter, rows, blocks_n,
+                strides[0], strides[1], *strides[3:], activation.alpha, activation.limit),
+               dict(**epilogue, WFMT=ce["WFMT"], SFMT=ce["SFMT"], GROUP_K=ce["GROUP_K"], HAS_GLOBAL=ce["HAS_GLOBAL"],
+                    BLOCK_M=block_m, BLOCK_N=g.block_n, WPS=ce["WPS"], SPLIT=split), 4, 1)
+    return GemvOperand(out, inter)
+
+
+def launch_gemv_gemm2(op: GemvOperand, w2: QuantizedMatrix, w2_bias, topk_weights, aligned, out_rows, g,
+                      spec: QuantSpec):
+    """gemm2 for decode-sized blocks: gemm1's operand @ w2 -> out_rows[pair] (routing weight applied);
+    with g.split_k > 1, out_rows (fp32) has split_k rows per pair, one per part of K
+    (experts_kernels.fused_experts sums them with the top-k slots)."""
+    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    hidden = w2.data.shape[1]
+    words, scale, zero, gscale = _matrix_args(w2)
+    bias = w2_bias if w2_bias is not None else scale
+    blocks_n = cdiv(hidden, g.block_n)
+    launch(_gemv_gemm2, (rows // block_m * blocks_n * g.split_k,),
+           (op.values, words, scale, zero, gscale, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs,
+            aligned.block_expert, aligned.num_rows, topk_weights.numel(), hidden, op.k, blocks_n,
+            op.values.stride(0), words.stride(0), words.stride(1), scale.stride(0), scale.stride(1), scale.stride(2),
+            bias.stride(0), bias.stride(-1), out_rows.stride(0)),
+           dict(HAS_BIAS=w2_bias is not None, **_constexprs(spec, w2, block_m, g.block_n, g.block_k, hidden, op.k),
+                SPLIT=g.split_k),
+           g.num_warps, 1)
+    return out_rows
+
+
+# The GEMV reads an expert's weights once per row (block_m 1): it wins while experts get about one
+# row each (H200, 4 shapes: 1.3-2.3x the tensor-core loop at 1 and 16 tokens; at Mixtral-8x7B's 4
+# rows per expert at 16 tokens the tensor-core loop is as fast).
+GEMV_MAX_ROWS_PER_EXPERT = 1.0
+GEMV_TARGET_PROGRAMS = 1024  # below this gemm2 splits K (H200: 132 SMs, ~8 programs of 4 warps each)
+
+
+def decode_gemv_tiles(spec: QuantSpec, num_experts: int, top_k: int, hidden: int, inter: int, num_tokens: int):
+    """Default tiles of the decode GEMV for this problem, or None where it does not apply. Rows of 32
+    weight rows per program (4 per thread; gemm1 takes 16 where the steps do not tile K: its K masks
+    take ~255 registers at 32), steps of 512 codes (256 where that divides K and 512 does not),
+    gemm2's K split in parts of at least 4 steps while fewer than GEMV_TARGET_PROGRAMS programs
+    would run (Mixtral-8x7B at 1 token: 4 parts). From an H200 sweep over the four benchmark shapes."""
+    from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
+
+    if not gemv_supports_scheme(spec, hidden, inter) or num_tokens * top_k > num_experts * GEMV_MAX_ROWS_PER_EXPERT:
+        return None
+    block_n = 32
+    blocks = min(num_experts, num_tokens * top_k)
+    step1, step2 = _step_codes(hidden), _step_codes(inter)
+    programs = blocks * cdiv(hidden, block_n)
+    split = 1
+    while programs * split < GEMV_TARGET_PROGRAMS and cdiv(inter, step2) // (2 * split) >= 4:
+        split *= 2
+    block_n1 = block_n if hidden % step1 == 0 else 16
+    return ExpertsTiles(1, GemmTiles(block_n1, step1, 1, 4, 1), GemmTiles(block_n, step2, 1, 4, 1, split_k=split))
+
+
+def _step_codes(k: int) -> int:
+    return 256 if k % 512 and not k % 256 else 512
