@@ -15,7 +15,8 @@ from moekit.experts.reference import ReferenceExperts
 from moekit.quant import method_for
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey
 from moekit.tuning import quant_tuner
-from moekit.tuning.search_space import SHARED_MEMORY_BYTES, gemm_candidates, tiles_k_groups
+from moekit.tuning.search_space import (SHARED_MEMORY_BYTES, gemm_candidates, quantized_block_m_candidates,
+                                       tiles_k_groups)
 from moekit.tuning.tuner import BucketResult, TuneShape
 
 
@@ -129,6 +130,29 @@ def test_quant_tuner_keeps_the_fastest_correct_candidate():
         assert r.report["rejected_wrong"] > 0 and r.report["rejected_failed"] > 0
         assert "block_k 1024 not supported" in r.report["first_failure"]
         assert r.report["rel_error"] < 1e-2
+
+
+def test_quant_tuner_tries_the_decode_gemv_at_about_a_row_per_expert():
+    assert quantized_block_m_candidates(1, 2, 8, gemv=True) == [1, 2, 16]
+    assert quantized_block_m_candidates(1, 2, 8, gemv=False) == [16]
+    assert quantized_block_m_candidates(64, 2, 8, gemv=True) == [16, 32]  # 16 rows per expert: no GEMV
+    assert {t.split_k for t in gemm_candidates(1, False, 2, _spec("mxfp4"))} == {1, 2, 4}
+    assert all(t.num_stages == 1 for t in gemm_candidates(2, True, 2, _spec("mxfp4")))
+
+    class GemvFastest(StandInBackend):
+        def ms(self, fn) -> float:
+            fn()
+            return (1.0 if self.last.block_m > 2 else 0.5 + self.last.gemm2.split_k / 10) / 1e3
+
+    shape = TuneShape(8, 2, 256, 128, torch.bfloat16, parse_activation("silu"))
+    backend = GemvFastest()
+    (result,) = quant_tuner.tune_quant_shape(shape, "w4a16", buckets=(1,), device="cpu", compile_workers=1,
+                                             backend=backend, bench_ms=backend.ms)
+    assert result.tiles.block_m in (1, 2) and result.tiles.gemm2.split_k == 1
+    # w8a8 schemes have no GEMV: the same stand-in keeps tensor-core row blocks
+    (result,) = quant_tuner.tune_quant_shape(shape, "fp8-per-channel", buckets=(1,), device="cpu", compile_workers=1,
+                                             backend=backend, bench_ms=backend.ms)
+    assert result.tiles.block_m == 16
 
 
 def test_quant_tuner_says_why_when_no_candidate_is_correct():

@@ -667,24 +667,24 @@ GEMV_TARGET_PROGRAMS = 1024  # below this gemm2 splits K (H200: 132 SMs, ~8 prog
 
 
 def decode_gemv_tiles(spec: QuantSpec, num_experts: int, top_k: int, hidden: int, inter: int, num_tokens: int):
-    """Default tiles of the decode GEMV for this problem, or None where it does not apply. Rows of 32
-    weight rows per program (4 per thread; gemm1 takes 16 where the steps do not tile K: its K masks
-    take ~255 registers at 32), steps of 512 codes (256 where that divides K and 512 does not),
-    gemm2's K split in parts of at least 4 steps while fewer than GEMV_TARGET_PROGRAMS programs
-    would run (Mixtral-8x7B at 1 token: 4 parts). From an H200 sweep over the four benchmark shapes."""
+    """Default tiles of the decode GEMV for this problem, or None where it does not apply: gemm1 16
+    rows of w13 per program (2 per thread; 32 was 0-6% slower at the four shapes, and 255
+    registers where K is masked), gemm2 32 (4 per thread); steps of 512 codes (256 where that
+    divides K and 512 does not); gemm2's K split in parts of at least 4 steps while fewer than
+    GEMV_TARGET_PROGRAMS programs would run (Mixtral-8x7B at 1 token: 4 parts); weights
+    double-buffered in registers (num_stages 1: Triton's cp.async pipeline measured 1.5-3x slower).
+    From H200 sweeps over the four benchmark shapes."""
     from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
 
     if not gemv_supports_scheme(spec, hidden, inter) or num_tokens * top_k > num_experts * GEMV_MAX_ROWS_PER_EXPERT:
         return None
-    block_n = 32
     blocks = min(num_experts, num_tokens * top_k)
     step1, step2 = _step_codes(hidden), _step_codes(inter)
-    programs = blocks * cdiv(hidden, block_n)
+    programs = blocks * cdiv(hidden, 32)
     split = 1
     while programs * split < GEMV_TARGET_PROGRAMS and cdiv(inter, step2) // (2 * split) >= 4:
         split *= 2
-    block_n1 = block_n if hidden % step1 == 0 else 16
-    return ExpertsTiles(1, GemmTiles(block_n1, step1, 1, 4, 1), GemmTiles(block_n, step2, 1, 4, 1, split_k=split))
+    return ExpertsTiles(1, GemmTiles(16, step1, 1, 4, 1), GemmTiles(32, step2, 1, 4, 1, split_k=split))
 
 
 def _step_codes(k: int) -> int:

@@ -3,7 +3,8 @@ bucket; the table is keyed by ``TableKey(..., quant=scheme)``.
 
 It goes only through the backend's public call, ``TritonExperts().apply(..., tiles=candidate)``, never
 the kernels' launch functions (the quantized kernels own those and may change them): so each
-candidate is timed as a whole experts forward. Per bucket and row block (block_m), gemm1's tiles
+candidate is timed as a whole experts forward (weight-only schemes at about a row per expert also
+try the decode GEMV's row blocks of 1 and 2). Per bucket and row block (block_m), gemm1's tiles
 are searched with gemm2's held at the default heuristic's, then gemm2's with gemm1's best; the
 block_m whose best forward is fastest wins. Every candidate's output is checked against the
 reference backend on the same quantized weights (activation quantization included): a candidate
@@ -21,7 +22,8 @@ import torch
 from moekit.experts.base import ExpertWeights
 from moekit.tolerance import relative_error
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles
-from moekit.tuning.search_space import block_m_candidates, gemm_candidates
+from moekit.triton_ops.weight_only_gemv import gemv_supports_scheme
+from moekit.tuning.search_space import gemm_candidates, quantized_block_m_candidates
 from moekit.tuning.tuner import DEFAULT_BUCKETS, BucketResult, TuneShape, routed_batch
 
 
@@ -82,6 +84,7 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
     key = TableKey("", shape.num_experts, shape.top_k, shape.hidden_size, shape.intermediate_size, shape.dtype,
                    shape.activation.gated, problem.scheme)
     elem_bytes = torch.empty((), dtype=shape.dtype).element_size()
+    gemv = gemv_supports_scheme(spec, shape.hidden_size, shape.intermediate_size)
     results = []
     for tokens in buckets:
         x, topk_weights, topk_ids = routed_batch(shape, tokens, problem.weights.w2.data.device)
@@ -92,10 +95,11 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
                                  tiles=tiles)
 
         search = _Search(forward, ref, problem.tolerance, bench_ms, compile_workers)
-        held_gemm2 = default_tiles(key, tokens).gemm2
+        defaults = default_tiles(key, tokens)
         best = None
-        for block_m in block_m_candidates(tokens, shape.top_k, shape.num_experts):
-            g1 = search.best(lambda t, bm=block_m: ExpertsTiles(bm, t, held_gemm2),
+        for block_m in quantized_block_m_candidates(tokens, shape.top_k, shape.num_experts, gemv):
+            held_gemm2 = _held_gemm2(defaults, block_m)
+            g1 = search.best(lambda t, bm=block_m, g2=held_gemm2: ExpertsTiles(bm, t, g2),
                              gemm_candidates(block_m, shape.activation.gated, elem_bytes, spec))
             g2 = search.best(lambda t, bm=block_m, g1=g1: ExpertsTiles(bm, g1.tiles.gemm1, t),
                              gemm_candidates(block_m, False, elem_bytes, spec))
@@ -106,6 +110,14 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
         if on_result:
             on_result(results)
     return results
+
+
+def _held_gemm2(defaults: ExpertsTiles, block_m: int) -> GemmTiles:
+    """gemm2's tiles while gemm1's are searched: the default's when it runs the same path (the
+    decode GEMV for block_m <= 2, the tensor-core loop above), else a sound one of that path."""
+    if (defaults.block_m <= 2) == (block_m <= 2):
+        return defaults.gemm2
+    return GemmTiles(32, 256, 1, 4, 1) if block_m <= 2 else GemmTiles(64, 128, 1, 4, 2)
 
 
 @dataclass(frozen=True)

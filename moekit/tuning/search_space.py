@@ -48,7 +48,26 @@ def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2, quant: Quant
     return _fitting([GemmTiles(*values) for values in space], block_m, gated, elem_bytes, elem_bytes)
 
 
+def quantized_block_m_candidates(num_tokens: int, top_k: int, num_experts: int, gemv: bool) -> list[int]:
+    """block_m_candidates, with the decode GEMV's row blocks of 1 and 2 (``gemv``: the scheme and
+    shape run it) while experts get at most about two rows each."""
+    rows_per_expert = num_tokens * top_k / num_experts
+    small = [1, 2] if gemv and rows_per_expert <= 2 else []
+    return small + block_m_candidates(num_tokens, top_k, num_experts)
+
+
+def gemv_candidates(gated: bool) -> list[GemmTiles]:
+    """The decode GEMV's tiles (weight_only_gemv.py): rows per program, codes per step, 4 warps,
+    weights double-buffered in registers (num_stages 1), K split in 1, 2 or 4 parts (gemm2) or 1-2
+    (gemm1, whose split adds a pass)."""
+    splits = [1, 2] if gated else [1, 2, 4]
+    return [GemmTiles(block_n, block_k, 1, 4, 1, split_k=split)
+            for block_n, block_k, split in itertools.product([16, 32, 64], [256, 512], splits)]
+
+
 def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant: QuantSpec) -> list[GemmTiles]:
+    if block_m <= 2:
+        return gemv_candidates(gated)
     weight_bytes = quant.weight_bits() / 8
     act_bytes = elem_bytes if quant.weight_only else 1  # w8a8: the kernel's A tile is fp8/int8
     fused_n = [quant.act_group] if not quant.weight_only and quant.act_group > 0 else []
