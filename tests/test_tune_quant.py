@@ -135,6 +135,7 @@ def test_quant_tuner_keeps_the_fastest_correct_candidate():
 def test_quant_tuner_tries_the_decode_gemv_at_about_a_row_per_expert():
     assert quantized_block_m_candidates(1, 2, 8, gemv=True) == [1, 2, 16]
     assert quantized_block_m_candidates(1, 2, 8, gemv=False) == [16]
+    assert quantized_block_m_candidates(16, 2, 8, gemv=True) == [16]  # 4 rows per expert: tensor cores
     assert quantized_block_m_candidates(64, 2, 8, gemv=True) == [16, 32]  # 16 rows per expert: no GEMV
     assert {t.split_k for t in gemm_candidates(1, False, 2, _spec("mxfp4"))} == {1, 2, 4}
     assert all(t.num_stages == 1 for t in gemm_candidates(2, True, 2, _spec("mxfp4")))

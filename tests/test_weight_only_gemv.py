@@ -1,7 +1,8 @@
 """The decode GEMV (triton_ops/weight_only_gemv.py) in Triton's CPU interpreter, fp32, against the
 reference backend on the same quantized weights: every code format (uint4 with and without zero
-points, int8, e2m1 with e8m0 and e4m3 scales), one and two rows per block, K split in parts, K not
-a multiple of the step, an expert with no tokens, top-1 routing and out-of-range ids."""
+points, int8, e2m1 with e8m0 and e4m3 scales), K split in parts, K not
+a multiple of the step, an expert with no tokens, top-1 routing and out-of-range ids; one, two and
+four rows per block."""
 
 import pytest
 import torch
@@ -26,6 +27,9 @@ def gemv_tiles(block_m: int, split1: int, split2: int, step: int = 64) -> Expert
     ("w8a16-g32", 2, 2, 64, 64, "gelu", GateUpLayout.CONCATENATED),
     ("mxfp4", 1, 1, 96, 64, "swigluoai", GateUpLayout.INTERLEAVED),
     ("nvfp4", 2, 2, 64, 160, "silu", GateUpLayout.CONCATENATED),
+    ("w4a16-g32-asym", 4, 2, 64, 96, "silu", GateUpLayout.CONCATENATED),  # 4-row blocks: padding rows
+    ("mxfp4", 4, 1, 96, 64, "swigluoai", GateUpLayout.INTERLEAVED),
+    ("w8a16-ch", 4, 1, 48, 64, "silu", GateUpLayout.CONCATENATED),
 ])
 def test_decode_gemv_matches_reference(scheme, block_m, split, hidden, inter, activation, layout):
     # 5 tokens, top-2 of 4 experts, the last expert without tokens, biases: blocks of one and two
@@ -82,6 +86,14 @@ def test_split_k_outside_the_gemv_is_refused():
     with pytest.raises(ValueError, match="split_k > 1"):
         fused_experts(case.x, w.w13, w.w2, case.topk_weights, case.topk_ids, case.activation, case.layout, tiles,
                       quant=w.quant)
+
+
+def test_three_row_blocks_are_refused():
+    case = make_case("w4a16-g32", tokens=3, experts=3, hidden=64, inter=64)
+    w = case.weights
+    with pytest.raises(ValueError, match="1, 2 or 4 rows"):
+        fused_experts(case.x, w.w13, w.w2, case.topk_weights, case.topk_ids, case.activation, case.layout,
+                      gemv_tiles(3, 1, 1), quant=w.quant)
 
 
 def test_act_order_weights_in_small_blocks_are_refused():

@@ -22,7 +22,7 @@ from moekit.activations import Activation, ActivationKind, GateUpLayout
 from moekit.quant.spec import QuantSpec
 from moekit.triton_ops.align import AlignedPairs, align_pairs_by_expert
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
-from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
+from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, ExpertsTiles, GemmTiles
 
 ACT_CODE = {ActivationKind.SILU: 0, ActivationKind.GELU: 1, ActivationKind.SWIGLUOAI: 2, ActivationKind.RELU2: 3}
 
@@ -213,9 +213,9 @@ def fused_experts(
     if num_tokens == 0:
         return out
     if max(tiles.gemm1.split_k, tiles.gemm2.split_k) > 1 and (quant is None or not quant.weight_only
-                                                                or tiles.block_m > 2):
+                                                                or tiles.block_m > GEMV_MAX_BLOCK_M):
         raise ValueError(f"split_k > 1 ({tiles}) is for the decode GEMV only: weight-only quantized weights "
-                         "with block_m 1 or 2")
+                         "with block_m 1, 2 or 4")
     topk_ids = topk_ids.contiguous()
     aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
     activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1,

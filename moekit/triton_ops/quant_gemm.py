@@ -293,7 +293,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     maximum over the real rows (``ActivatedRows``: w8a8 with a dynamic per-tensor scale), or already
     quantized (``QuantizedRows``: w8a8 whose gemm1 tile is one scale group)."""
     if aligned.block_m <= GEMV_MAX_BLOCK_M:
-        _check_gemv(spec, w13, x.shape[1], w13.data.shape[1] // (2 if activation.gated else 1))
+        _check_gemv(spec, w13, x.shape[1], w13.data.shape[1] // (2 if activation.gated else 1), aligned.block_m)
         return launch_gemv_gemm1(x, w13, w13_bias, aligned, top_k, activation,
                                  gate_up_layout is GateUpLayout.INTERLEAVED, g, spec)
     w8a8 = not spec.weight_only
@@ -374,7 +374,9 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
     return out_rows
 
 
-def _check_gemv(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int) -> None:
+def _check_gemv(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int, block_m: int) -> None:
+    if block_m not in (1, 2, 4):
+        raise ValueError(f"row blocks of 1, 2 or 4 rows run the decode GEMV (weight_only_gemv.py); got {block_m}")
     if not gemv_supports(spec, w13, hidden, inter):
         raise ValueError(f"row blocks of {GEMV_MAX_BLOCK_M} or fewer rows run the decode GEMV "
                          f"(weight_only_gemv.py), which does not take {spec.scheme} at hidden {hidden}, "

@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# Row blocks of 1, 2 or 4 rows run the weight-only decode GEMV (weight_only_gemv.py), larger ones the
+# tensor-core GEMMs: the tiles' block_m says which path runs.
+GEMV_MAX_BLOCK_M = 4
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import triton.language as tl
 
 from moekit.quant.spec import QuantizedMatrix, QuantSpec, WeightFormat
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
+from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M
 from moekit.triton_ops.experts_kernels import ACT_CODE, _activate
 from moekit.triton_ops.quant_formats import e8m0_values
 
@@ -64,7 +65,6 @@ def words_per_slot(spec: QuantSpec) -> int:
     return 4 if spec.group_k == 0 else min(4, spec.group_k // epw)
 
 
-GEMV_MAX_BLOCK_M = 2  # row blocks this small run here (the tiles' block_m says which path runs)
 
 
 def gemv_supports_scheme(spec: QuantSpec, hidden: int, inter: int) -> bool:
@@ -207,62 +207,38 @@ def _shifted(W, WFMT: tl.constexpr):
 
 
 @triton.jit
-def _load_operand(a_ptrs, ok, STRIDE: tl.constexpr, EPW: tl.constexpr, EVEN: tl.constexpr):
-    """The step's activations per code position: [G, WPS] each (positions past EPW repeat 0).
-    ``a_ptrs`` point at code position 0; positions lie STRIDE apart."""
+def _operand_at(ptrs, ok, EVEN: tl.constexpr):
+    """One code position's activations of a step: [G, WPS]."""
     if EVEN:
-        a0 = tl.load(a_ptrs)
-        a1 = tl.load(a_ptrs + STRIDE)
-        a2 = tl.load(a_ptrs + 2 * STRIDE)
-        a3 = tl.load(a_ptrs + 3 * STRIDE)
+        return tl.load(ptrs)
     else:
-        a0 = tl.load(a_ptrs, mask=ok, other=0.0)
-        a1 = tl.load(a_ptrs + STRIDE, mask=ok, other=0.0)
-        a2 = tl.load(a_ptrs + 2 * STRIDE, mask=ok, other=0.0)
-        a3 = tl.load(a_ptrs + 3 * STRIDE, mask=ok, other=0.0)
-    if EPW == 8:
-        if EVEN:
-            a4 = tl.load(a_ptrs + 4 * STRIDE)
-            a5 = tl.load(a_ptrs + 5 * STRIDE)
-            a6 = tl.load(a_ptrs + 6 * STRIDE)
-            a7 = tl.load(a_ptrs + 7 * STRIDE)
-        else:
-            a4 = tl.load(a_ptrs + 4 * STRIDE, mask=ok, other=0.0)
-            a5 = tl.load(a_ptrs + 5 * STRIDE, mask=ok, other=0.0)
-            a6 = tl.load(a_ptrs + 6 * STRIDE, mask=ok, other=0.0)
-            a7 = tl.load(a_ptrs + 7 * STRIDE, mask=ok, other=0.0)
-    else:
-        a4, a5, a6, a7 = a0, a1, a2, a3
-    return a0, a1, a2, a3, a4, a5, a6, a7
+        return tl.load(ptrs, mask=ok, other=0.0)
 
 
 @triton.jit
-def _slot_dot(W, a0, a1, a2, a3, a4, a5, a6, a7, WFMT: tl.constexpr, EPW: tl.constexpr):
-    """sum over each slot of code * activation: [G, BLOCK_N] (in the operand's units)."""
-    W, W8 = _shifted(W, WFMT)
-    t = _code_values(W, W8, 0, WFMT) * a0[:, None, :]
-    t += _code_values(W, W8, 1, WFMT) * a1[:, None, :]
-    t += _code_values(W, W8, 2, WFMT) * a2[:, None, :]
-    t += _code_values(W, W8, 3, WFMT) * a3[:, None, :]
-    if EPW == 8:
-        t += _code_values(W, W8, 4, WFMT) * a4[:, None, :]
-        t += _code_values(W, W8, 5, WFMT) * a5[:, None, :]
-        t += _code_values(W, W8, 6, WFMT) * a6[:, None, :]
-        t += _code_values(W, W8, 7, WFMT) * a7[:, None, :]
-    return tl.sum(t, 2)
+def _meet(t, s, v, a, J: tl.constexpr, P: tl.constexpr, HAS_UNIT: tl.constexpr):
+    """t += codes * activations (first position: t =), s += activations in units of 2**-p (for
+    sum(a), when the format has a zero point)."""
+    if J == 0:
+        t = v * a[:, None, :]
+        if HAS_UNIT:
+            s = a * (1 << P)
+    else:
+        t += v * a[:, None, :]
+        if HAS_UNIT:
+            s += a * (1 << P)
+    return t, s
 
 
 @triton.jit
-def _slot_activation_sum(a0, a1, a2, a3, a4, a5, a6, a7, WFMT: tl.constexpr):
-    """sum of the (unscaled) activations of each slot, times 2**-85: [G] in the products' units
-    (unused for e2m1, which has no zero point)."""
-    if WFMT == 2:
-        s = a0 + a1 * 16.0 + a2 * 256.0 + a3 * 4096.0 + a4 * 65536.0 + a5 * 256.0 + a6 * 4096.0 + a7 * 65536.0
-    elif WFMT == 1:
-        s = a0 + a1 * 256.0 + a2 + a3 * 256.0
-    else:
-        s = a0 * 0.0
-    return tl.sum(s, 1) * (2.0**-64) * (2.0**-85)
+def _fold(acc, t, s, scale, zero, WFMT: tl.constexpr, GROUP_K: tl.constexpr):
+    """acc += the step's slot sums: minus zero point x sum(a), times the slot's group scale."""
+    c = tl.sum(t, 2)
+    if WFMT != 3:
+        c = c - zero * (tl.sum(s, 1) * (2.0**-64) * (2.0**-85))[:, None]
+    if GROUP_K > 0:
+        c = c * scale
+    return acc + c
 
 
 @triton.jit
@@ -296,17 +272,6 @@ def _zero_points(z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN:
 
 
 @triton.jit
-def _step(acc, W, a0, a1, a2, a3, a4, a5, a6, a7, asum, s, z,
-          WFMT: tl.constexpr, EPW: tl.constexpr, GROUP_K: tl.constexpr):
-    c = _slot_dot(W, a0, a1, a2, a3, a4, a5, a6, a7, WFMT, EPW)
-    if WFMT != 3:
-        c = c - z * asum[:, None]
-    if GROUP_K > 0:
-        c = c * s
-    return acc + c
-
-
-@triton.jit
 def _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, kw, KW, col_ok, slot,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
                   HAS_ZERO: tl.constexpr, WPS: tl.constexpr, EPW: tl.constexpr, EVEN: tl.constexpr,
@@ -331,17 +296,44 @@ def _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, kw, KW, co
 
 
 @triton.jit
-def gemv_mainloop(a_base, a_row0, a_row1, stride_am, K, split, w_base, s_base, z_base, gate_rows, up_rows,
-                  col_ok, stride_wn, stride_sn, stride_sk, SPLIT: tl.constexpr,
+def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, uz,
+              GATED: tl.constexpr, WFMT: tl.constexpr, GROUP_K: tl.constexpr, WPS: tl.constexpr,
+              EPW: tl.constexpr, EVEN_K: tl.constexpr):
+    """One step of K for one row of the block: each code position's activations loaded once and
+    met by the gate (and up) codes of that position; then the slot sums folded into the row's
+    accumulators."""
+    HAS_UNIT: tl.constexpr = WFMT != 3
+    tg = acc_g[:, :, None] * 0.0  # (placeholders: _meet assigns them at position 0)
+    tu = tg
+    sg = a_offs * 0.0
+    su = sg
+    for J in tl.static_range(EPW):
+        P = 4 * J if J <= 4 else 4 * (J - 3)  # the code's bit in its word (see _code_values)
+        if WFMT == 1:
+            P = 8 * (J % 2)
+        a = _operand_at(a_base + a_offs + J * (PERM_SLOTS * WPS), a_ok, EVEN_K)
+        tg, sg = _meet(tg, sg, _code_values(Wg, Wg8, J, WFMT), a, J, P, HAS_UNIT)
+        if GATED:
+            tu, su = _meet(tu, su, _code_values(Wu, Wu8, J, WFMT), a, J, P, False)
+    acc_g = _fold(acc_g, tg, sg, gs, gz, WFMT, GROUP_K)
+    if GATED:
+        acc_u = _fold(acc_u, tu, sg, us, uz, WFMT, GROUP_K)
+    return acc_g, acc_u
+
+
+@triton.jit
+def gemv_mainloop(a_base, a_row0, a_row1, a_row2, a_row3, stride_am, K, split, w_base, s_base, z_base, gate_rows,
+                  up_rows, col_ok, stride_wn, stride_sn, stride_sk, SPLIT: tl.constexpr,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
                   HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
                   EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
-    """(gate, up) of operand rows a_row0 and a_row1 (when BLOCK_M is 2), each fp32 [BLOCK_N], over
-    part ``split`` of SPLIT parts of K, whole steps each (scaled, zero points applied, in real units except per-row factors: a scale spanning K,
-    the global scale). ``w_base`` points at the expert's codes as int32 words; strides are in words
-    (weights) and elements (scales). EVEN_K: the steps tile K (no K masks; else K is a whole number
-    of slots); EVEN_N: every weight row exists (no row masks). The next step's weights are loaded
-    before this step's arithmetic (register double buffering: the loads stay in flight meanwhile)."""
+    """(gate, up) of the operand rows a_row0 .. a_row{BLOCK_M - 1}, each fp32 [BLOCK_N] (8 values:
+    rows past BLOCK_M are zeros), over part ``split`` of SPLIT parts of K, whole steps each (scaled,
+    zero points applied, in real units except per-row factors: a scale spanning K, the global
+    scale). ``w_base`` points at the expert's codes as int32 words; strides are in words (weights)
+    and elements (scales). EVEN_K: the steps tile K (no K masks; else K is a whole number of slots);
+    EVEN_N: every weight row exists (no row masks). The next step's weights are loaded before this
+    step's arithmetic (register double buffering; ptxas moves those loads to the end of the body)."""
     EPW: tl.constexpr = 8 if WFMT >= 2 else 4
     STEP_W: tl.constexpr = G * WPS
     EVEN: tl.constexpr = EVEN_K and EVEN_N
@@ -359,8 +351,6 @@ def gemv_mainloop(a_base, a_row0, a_row1, stride_am, K, split, w_base, s_base, z
     # activations it loads
     g_ptrs = w_base + gate_rows[None, :, None].to(tl.int64) * stride_wn + word[:, None, :]
     u_ptrs = w_base + up_rows[None, :, None].to(tl.int64) * stride_wn + word[:, None, :]
-    a0_base = a_base + a_row0 * stride_am
-    a1_base = a_base + a_row1 * stride_am
     gs_rows = s_base + gate_rows[None, :] * stride_sn
     us_rows = s_base + up_rows[None, :] * stride_sn
     gz_rows = z_base + gate_rows[None, :] * stride_sn
@@ -369,41 +359,54 @@ def gemv_mainloop(a_base, a_row0, a_row1, stride_am, K, split, w_base, s_base, z
     acc_u0 = acc_g0
     acc_g1 = acc_g0
     acc_u1 = acc_g0
+    acc_g2 = acc_g0
+    acc_u2 = acc_g0
+    acc_g3 = acc_g0
+    acc_u3 = acc_g0
     W, gs, gz, U, us, uz = _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, k_first, KW, col_ok,
-                                                 slot, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, WPS, EPW, EVEN,
-                                                 stride_sk)
+                                         slot, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, WPS, EPW, EVEN, stride_sk)
     for kw in range(k_lo, k_hi, STEP_W):
         k_next = kw + STEP_W
         if EVEN_K:  # past the last step: the last step again (in bounds, unused)
             k_next = tl.minimum(k_next, k_last)
-        nW, ngs, ngz, nU, nus, nuz = _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows,
-                                                             k_next, KW, col_ok, slot, GATED, WFMT, SFMT, GROUP_K,
-                                                             HAS_ZERO, WPS, EPW, EVEN, stride_sk)
-        a_ok = ((kw + word) < KW)
+        nW, ngs, ngz, nU, nus, nuz = _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, k_next, KW,
+                                                   col_ok, slot, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, WPS, EPW,
+                                                   EVEN, stride_sk)
+        a_ok = (kw + word) < KW
         a_offs = _operand_offsets(kw // WPS + slot, WPS, EPW)
-        a0, a1, a2, a3, a4, a5, a6, a7 = _load_operand(a0_base + a_offs, a_ok, PERM_SLOTS * WPS, EPW, EVEN_K)
-        asum = _slot_activation_sum(a0, a1, a2, a3, a4, a5, a6, a7, WFMT)
-        acc_g0 = _step(acc_g0, W, a0, a1, a2, a3, a4, a5, a6, a7, asum, gs, gz, WFMT, EPW, GROUP_K)
-        if GATED:
-            acc_u0 = _step(acc_u0, U, a0, a1, a2, a3, a4, a5, a6, a7, asum, us, uz, WFMT, EPW, GROUP_K)
-        if BLOCK_M == 2:
-            b0, b1, b2, b3, b4, b5, b6, b7 = _load_operand(a1_base + a_offs, a_ok, PERM_SLOTS * WPS, EPW, EVEN_K)
-            bsum = _slot_activation_sum(b0, b1, b2, b3, b4, b5, b6, b7, WFMT)
-            acc_g1 = _step(acc_g1, W, b0, b1, b2, b3, b4, b5, b6, b7, bsum, gs, gz, WFMT, EPW, GROUP_K)
-            if GATED:
-                acc_u1 = _step(acc_u1, U, b0, b1, b2, b3, b4, b5, b6, b7, bsum, us, uz, WFMT, EPW, GROUP_K)
+        Wg, Wg8 = _shifted(W, WFMT)
+        Wu, Wu8 = _shifted(U, WFMT)
+        acc_g0, acc_u0 = _row_step(acc_g0, acc_u0, a_base + a_row0 * stride_am, a_offs, a_ok, Wg, Wg8, Wu, Wu8,
+                                   gs, gz, us, uz, GATED, WFMT, GROUP_K, WPS, EPW, EVEN_K)
+        if BLOCK_M >= 2:
+            acc_g1, acc_u1 = _row_step(acc_g1, acc_u1, a_base + a_row1 * stride_am, a_offs, a_ok, Wg, Wg8, Wu, Wu8,
+                                       gs, gz, us, uz, GATED, WFMT, GROUP_K, WPS, EPW, EVEN_K)
+        if BLOCK_M == 4:
+            acc_g2, acc_u2 = _row_step(acc_g2, acc_u2, a_base + a_row2 * stride_am, a_offs, a_ok, Wg, Wg8, Wu, Wu8,
+                                       gs, gz, us, uz, GATED, WFMT, GROUP_K, WPS, EPW, EVEN_K)
+            acc_g3, acc_u3 = _row_step(acc_g3, acc_u3, a_base + a_row3 * stride_am, a_offs, a_ok, Wg, Wg8, Wu, Wu8,
+                                       gs, gz, us, uz, GATED, WFMT, GROUP_K, WPS, EPW, EVEN_K)
         W, gs, gz, U, us, uz = nW, ngs, ngz, nU, nus, nuz
     RESULT: tl.constexpr = E2M1_RESULT if WFMT == 3 else INT_RESULT
-    return (tl.sum(acc_g0, 0) * RESULT, tl.sum(acc_u0, 0) * RESULT,
-            tl.sum(acc_g1, 0) * RESULT, tl.sum(acc_u1, 0) * RESULT)
+    return (tl.sum(acc_g0, 0) * RESULT, tl.sum(acc_u0, 0) * RESULT, tl.sum(acc_g1, 0) * RESULT,
+            tl.sum(acc_u1, 0) * RESULT, tl.sum(acc_g2, 0) * RESULT, tl.sum(acc_u2, 0) * RESULT,
+            tl.sum(acc_g3, 0) * RESULT, tl.sum(acc_u3, 0) * RESULT)
 
 
 @triton.jit
 def _block_row(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs):
-    """Row M of the block (row 0 again when the block has one): aligned row, pair, whether real."""
+    """Row M of the block (row 0 again past the block): aligned row, pair, whether real."""
     row = pid_m * BLOCK_M + (M if M < BLOCK_M else 0)
     pair = tl.load(sorted_ptr + row)
     return row.to(tl.int64), pair, pair < num_pairs
+
+
+@triton.jit
+def _token(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, top_k):
+    """Row M's token, or token 0 for a padding row (never stored by gemm2): no masks on the
+    activations."""
+    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs)
+    return tl.where(real, pair // top_k, 0).to(tl.int64)
 
 
 @triton.jit
@@ -448,33 +451,49 @@ def _gemv_gemm1(
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    row0, pair0, ok0 = _block_row(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs)
-    row1, pair1, ok1 = _block_row(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
     if INTERLEAVED:
         gate_rows, up_rows = 2 * cols, 2 * cols + 1
     else:
         gate_rows, up_rows = cols, cols + I
-    s_base = ws_ptr + expert * stride_se
-    # a padding row reads token 0 (never stored by gemm2): no masks on the activations
-    token0 = tl.where(ok0, pair0 // top_k, 0).to(tl.int64)
-    token1 = tl.where(ok1, pair1 // top_k, 0).to(tl.int64)
-    g0, u0, g1, u1 = gemv_mainloop(a_ptr, token0, token1, stride_am, K, split, w_ptr + expert * stride_we, s_base,
-                                   wz_ptr + expert * stride_se, gate_rows, up_rows, col_ok, stride_wn, stride_sn,
-                                   stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K,
-                                   EVEN_N)
+    g0, u0, g1, u1, g2, u2, g3, u3 = gemv_mainloop(
+        a_ptr, _token(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, top_k),
+        _token(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, top_k), _token(sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, top_k),
+        _token(sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, top_k), stride_am, K, split, w_ptr + expert * stride_we,
+        ws_ptr + expert * stride_se, wz_ptr + expert * stride_se, gate_rows, up_rows, col_ok, stride_wn, stride_sn,
+        stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
+    row0 = (pid_m * BLOCK_M).to(tl.int64)
     if SPLIT > 1:  # part[split] holds [rows, gate|up, I]; rows = the grid's row blocks * BLOCK_M
         part = out_ptr + split.to(tl.int64) * (tl.num_programs(0) // SPLIT // NUM_BLOCKS_N * BLOCK_M) * 2 * I
-        tl.store(part + (row0 * 2) * I + cols, g0, mask=col_ok)
-        tl.store(part + (row0 * 2 + 1) * I + cols, u0, mask=col_ok)
-        if BLOCK_M == 2:
-            tl.store(part + (row1 * 2) * I + cols, g1, mask=col_ok)
-            tl.store(part + (row1 * 2 + 1) * I + cols, u1, mask=col_ok)
+        _store_part(part, row0, g0, u0, cols, col_ok, I)
+        if BLOCK_M >= 2:
+            _store_part(part, row0 + 1, g1, u1, cols, col_ok, I)
+        if BLOCK_M == 4:
+            _store_part(part, row0 + 2, g2, u2, cols, col_ok, I)
+            _store_part(part, row0 + 3, g3, u3, cols, col_ok, I)
     else:
-        _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
-                        gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
-                        ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+        _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols,
+                        col_ok, gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha,
+                        limit, ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+
+
+@triton.jit
+def _store_part(part, row, g, u, cols, col_ok, I):
+    tl.store(part + (row * 2) * I + cols, g, mask=col_ok)
+    tl.store(part + (row * 2 + 1) * I + cols, u, mask=col_ok)
+
+
+@triton.jit
+def _summed_parts(part_ptr, ROWS, row, I, cols, col_ok, SPLIT: tl.constexpr):
+    """A row's gate and up summed over the parts of K, in order (deterministic)."""
+    g = tl.zeros(cols.shape, dtype=tl.float32)
+    u = g
+    for split in tl.static_range(SPLIT):
+        part = part_ptr + split * ROWS * 2 * I
+        g += tl.load(part + (row * 2) * I + cols, mask=col_ok, other=0.0)
+        u += tl.load(part + (row * 2 + 1) * I + cols, mask=col_ok, other=0.0)
+    return g, u
 
 
 @triton.jit
@@ -483,42 +502,40 @@ def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_exper
                        ACT: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr,
                        SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr):
-    """gemm1's epilogue after a split K: the parts summed in order (deterministic), then as unsplit."""
+    """gemm1's epilogue after a split K: the parts summed, then as unsplit."""
     pid_m = tl.program_id(0) // NUM_BLOCKS_N
     pid_n = tl.program_id(0) % NUM_BLOCKS_N
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     row0 = (pid_m * BLOCK_M).to(tl.int64)
-    row1 = row0 + (1 if BLOCK_M == 2 else 0)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
     if INTERLEAVED:
         gate_rows, up_rows = 2 * cols, 2 * cols + 1
     else:
         gate_rows, up_rows = cols, cols + I
-    g0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    u0 = g0
-    g1 = g0
-    u1 = g0
-    for split in tl.static_range(SPLIT):
-        part = part_ptr + split * ROWS * 2 * I
-        g0 += tl.load(part + (row0 * 2) * I + cols, mask=col_ok, other=0.0)
-        u0 += tl.load(part + (row0 * 2 + 1) * I + cols, mask=col_ok, other=0.0)
-        if BLOCK_M == 2:
-            g1 += tl.load(part + (row1 * 2) * I + cols, mask=col_ok, other=0.0)
-            u1 += tl.load(part + (row1 * 2 + 1) * I + cols, mask=col_ok, other=0.0)
-    _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
+    g0, u0 = _summed_parts(part_ptr, ROWS, row0, I, cols, col_ok, SPLIT)
+    g1, u1 = g0, u0
+    g2, u2 = g0, u0
+    g3, u3 = g0, u0
+    if BLOCK_M >= 2:
+        g1, u1 = _summed_parts(part_ptr, ROWS, row0 + 1, I, cols, col_ok, SPLIT)
+    if BLOCK_M == 4:
+        g2, u2 = _summed_parts(part_ptr, ROWS, row0 + 2, I, cols, col_ok, SPLIT)
+        g3, u3 = _summed_parts(part_ptr, ROWS, row0 + 3, I, cols, col_ok, SPLIT)
+    _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols, col_ok,
                     gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
                     ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
 
 
 @triton.jit
-def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, u0, g1, u1, cols, col_ok,
+def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols, col_ok,
                     gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
                     GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, WPS: tl.constexpr):
-    """Per-row factors, biases and the activation of rows row0 (and row1), written as gemm2's operand."""
+    """Per-row factors, biases and the activation of the block's rows (row0 on), written as gemm2's
+    operand."""
     s_base = ws_ptr + expert * stride_se
     gf = _row_factor(s_base, wgs_ptr + expert, gate_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
     uf = _row_factor(s_base, wgs_ptr + expert, up_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
@@ -527,14 +544,19 @@ def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, row1, g0, 
         gb = tl.load(b_base + gate_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
         ub = tl.load(b_base + up_rows * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
     else:
-        gb = 0.0
-        ub = 0.0
+        gb = tl.zeros_like(gf)
+        ub = gb
     EPW: tl.constexpr = 8 if WFMT >= 2 else 4
-    h0 = _activate(g0 * gf + gb, u0 * uf + ub, alpha, limit, ACT)
-    _store_operand(out_ptr, row0, h0, cols, col_ok, stride_om, WFMT, EPW, WPS)
-    if BLOCK_M == 2:
-        h1 = _activate(g1 * gf + gb, u1 * uf + ub, alpha, limit, ACT)
-        _store_operand(out_ptr, row1, h1, cols, col_ok, stride_om, WFMT, EPW, WPS)
+    _store_operand(out_ptr, row0, _activate(g0 * gf + gb, u0 * uf + ub, alpha, limit, ACT), cols, col_ok, stride_om,
+                   WFMT, EPW, WPS)
+    if BLOCK_M >= 2:
+        _store_operand(out_ptr, row0 + 1, _activate(g1 * gf + gb, u1 * uf + ub, alpha, limit, ACT), cols, col_ok,
+                       stride_om, WFMT, EPW, WPS)
+    if BLOCK_M == 4:
+        _store_operand(out_ptr, row0 + 2, _activate(g2 * gf + gb, u2 * uf + ub, alpha, limit, ACT), cols, col_ok,
+                       stride_om, WFMT, EPW, WPS)
+        _store_operand(out_ptr, row0 + 3, _activate(g3 * gf + gb, u3 * uf + ub, alpha, limit, ACT), cols, col_ok,
+                       stride_om, WFMT, EPW, WPS)
 
 
 @triton.jit
@@ -557,28 +579,38 @@ def _gemv_gemm2(
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    row0, pair0, ok0 = _block_row(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs)
-    row1, pair1, ok1 = _block_row(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs)
+    row0 = (pid_m * BLOCK_M).to(tl.int64)  # (the operand is stored by aligned row: padding rows finite)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     s_base = ws_ptr + expert * stride_se
-    y0, _u0, y1, _u1 = gemv_mainloop(a_ptr, row0, row1, stride_am, K, split, w_ptr + expert * stride_we, s_base,
-                                     wz_ptr + expert * stride_se, cols, cols, col_ok, stride_wn, stride_sn, stride_sk,
-                                     SPLIT, False, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
+    y0, _0, y1, _1, y2, _2, y3, _3 = gemv_mainloop(
+        a_ptr, row0, row0 + (1 if BLOCK_M >= 2 else 0), row0 + (2 if BLOCK_M == 4 else 0),
+        row0 + (3 if BLOCK_M == 4 else 0), stride_am, K, split, w_ptr + expert * stride_we, s_base,
+        wz_ptr + expert * stride_se, cols, cols, col_ok, stride_wn, stride_sn, stride_sk, SPLIT, False, WFMT, SFMT,
+        GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
     f = _row_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
     if HAS_BIAS and split == 0:
         bias = tl.load(bias_ptr + expert * stride_be + cols * stride_bn, mask=col_ok, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros_like(f)
-    _store_pair(out_ptr, weight_ptr, pair0, ok0, y0 * f + bias, cols, col_ok, stride_om, SPLIT, split)
-    if BLOCK_M == 2:
-        _store_pair(out_ptr, weight_ptr, pair1, ok1, y1 * f + bias, cols, col_ok, stride_om, SPLIT, split)
+    _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, y0 * f + bias, cols, col_ok,
+                stride_om, SPLIT, split)
+    if BLOCK_M >= 2:
+        _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, y1 * f + bias, cols, col_ok,
+                    stride_om, SPLIT, split)
+    if BLOCK_M == 4:
+        _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, y2 * f + bias, cols, col_ok,
+                    stride_om, SPLIT, split)
+        _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, y3 * f + bias, cols, col_ok,
+                    stride_om, SPLIT, split)
 
 
 @triton.jit
-def _store_pair(out_ptr, weight_ptr, pair, real, y, cols, col_ok, stride_om, SPLIT: tl.constexpr, split):
-    """A real pair's row (or its part ``split``) times its routing weight (masks as tensors: the
-    interpreter refuses scalars)."""
+def _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, y, cols,
+                col_ok, stride_om, SPLIT: tl.constexpr, split):
+    """Row M's pair (if real) times its routing weight, or its part ``split`` of K (masks as tensors:
+    the interpreter refuses scalars)."""
+    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs)
     ok = col_ok & ((cols * 0 + real.to(tl.int32)) > 0)
     w = tl.load(weight_ptr + pair + cols * 0, mask=ok, other=0.0)
     row = pair.to(tl.int64) * SPLIT + split

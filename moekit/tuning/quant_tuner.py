@@ -21,7 +21,7 @@ import torch
 
 from moekit.experts.base import ExpertWeights
 from moekit.tolerance import relative_error
-from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles
+from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, ExpertsTiles, GemmTiles, TableKey, default_tiles
 from moekit.triton_ops.weight_only_gemv import gemv_supports_scheme
 from moekit.tuning.search_space import gemm_candidates, quantized_block_m_candidates
 from moekit.tuning.tuner import DEFAULT_BUCKETS, BucketResult, TuneShape, routed_batch
@@ -114,10 +114,12 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
 
 def _held_gemm2(defaults: ExpertsTiles, block_m: int) -> GemmTiles:
     """gemm2's tiles while gemm1's are searched: the default's when it runs the same path (the
-    decode GEMV for block_m <= 2, the tensor-core loop above), else a sound one of that path."""
-    if (defaults.block_m <= 2) == (block_m <= 2):
+    decode GEMV for block_m <= GEMV_MAX_BLOCK_M, the tensor-core loop above), else a sound one of
+    that path."""
+    gemv = block_m <= GEMV_MAX_BLOCK_M
+    if (defaults.block_m <= GEMV_MAX_BLOCK_M) == gemv:
         return defaults.gemm2
-    return GemmTiles(32, 256, 1, 4, 1) if block_m <= 2 else GemmTiles(64, 128, 1, 4, 2)
+    return GemmTiles(32, 256, 1, 4, 1) if gemv else GemmTiles(64, 128, 1, 4, 2)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 
 from moekit.quant.spec import QuantSpec
-from moekit.triton_ops.tile_configs import GemmTiles
+from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, GemmTiles
 
 SHARED_MEMORY_BYTES = 227 * 1024  # per block on Hopper
 
@@ -50,7 +50,8 @@ def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2, quant: Quant
 
 def quantized_block_m_candidates(num_tokens: int, top_k: int, num_experts: int, gemv: bool) -> list[int]:
     """block_m_candidates, with the decode GEMV's row blocks of 1 and 2 (``gemv``: the scheme and
-    shape run it) while experts get at most about two rows each."""
+    shape run it) while experts get at most about two rows each. (Its 4-row blocks measured 1.5-3x
+    slower than the tensor-core loop at 2-4 rows per expert on an H200: not tried.)"""
     rows_per_expert = num_tokens * top_k / num_experts
     small = [1, 2] if gemv and rows_per_expert <= 2 else []
     return small + block_m_candidates(num_tokens, top_k, num_experts)
@@ -66,7 +67,7 @@ def gemv_candidates(gated: bool) -> list[GemmTiles]:
 
 
 def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant: QuantSpec) -> list[GemmTiles]:
-    if block_m <= 2:
+    if block_m <= GEMV_MAX_BLOCK_M:
         return gemv_candidates(gated)
     weight_bytes = quant.weight_bits() / 8
     act_bytes = elem_bytes if quant.weight_only else 1  # w8a8: the kernel's A tile is fp8/int8
