@@ -49,6 +49,16 @@ def _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M: tl.const
 
 
 @triton.jit
+def gate_up_rows(cols, I, INTERLEAVED: tl.constexpr):
+    """w13's gate and up rows of output columns ``cols``: interleaved (gate 2c, up 2c+1) or
+    concatenated (gate c, up I + c)."""
+    if INTERLEAVED:
+        return 2 * cols, 2 * cols + 1
+    else:
+        return cols, cols + I
+
+
+@triton.jit
 def _activate(gate, up, alpha, limit, ACT: tl.constexpr):
     if ACT == 0:  # silu(gate) * up
         return gate * tl.sigmoid(gate) * up
@@ -93,10 +103,7 @@ def _gemm1_activation(
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
-    if INTERLEAVED:
-        gate_rows, up_rows = 2 * cols, 2 * cols + 1
-    else:
-        gate_rows, up_rows = cols, cols + I
+    gate_rows, up_rows = gate_up_rows(cols, I, INTERLEAVED)
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + tokens[:, None] * stride_xm + ks[None, :] * stride_xk
     w_base = w_ptr + expert * stride_we + ks[:, None] * stride_wk

@@ -25,12 +25,12 @@ from moekit.quant.spec import WeightFormat
 from moekit.triton_ops.activation_quant import (ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows,
                                                 scale_columns)
 from moekit.triton_ops.align import AlignedPairs
-from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids
+from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids, gate_up_rows
 from moekit.triton_ops.launcher import cdiv, launch
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
-from moekit.triton_ops.tile_configs import GemmTiles
-from moekit.triton_ops.weight_only_gemv import (GEMV_MAX_BLOCK_M, GemvOperand, gemv_supports, launch_gemv_gemm1,
+from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, GemmTiles
+from moekit.triton_ops.weight_only_gemv import (GemvOperand, gemv_supports, launch_gemv_gemm1,
                                                 launch_gemv_gemm2)
 from moekit.triton_ops.weight_only_loop import weight_only_mainloop
 
@@ -106,10 +106,7 @@ def _gemm1_quant(
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
-    if INTERLEAVED:
-        gate_rows, up_rows = 2 * cols, 2 * cols + 1
-    else:
-        gate_rows, up_rows = cols, cols + I
+    gate_rows, up_rows = gate_up_rows(cols, I, INTERLEAVED)
     w_base = w_ptr + expert * stride_we
     s_base = ws_ptr + expert * stride_se
     z_base = wz_ptr + expert * stride_se

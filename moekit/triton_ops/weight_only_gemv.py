@@ -37,8 +37,7 @@ import triton.language as tl
 
 from moekit.quant.spec import QuantizedMatrix, QuantSpec, WeightFormat
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
-from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M
-from moekit.triton_ops.experts_kernels import ACT_CODE, _activate
+from moekit.triton_ops.experts_kernels import ACT_CODE, _activate, gate_up_rows
 from moekit.triton_ops.quant_formats import e8m0_values
 
 INT8_FLIP = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as int32: q ^ 0x80 = q + 128 for each byte
@@ -185,8 +184,9 @@ def _code_values(W, W8, J: tl.constexpr, WFMT: tl.constexpr):
 
 
 @triton.jit
-def _words(ptrs, ok, EVEN: tl.constexpr):
-    """A step's code words [G, BLOCK_N, WPS]."""
+def _load(ptrs, ok, EVEN: tl.constexpr):
+    """A step's code words [G, BLOCK_N, WPS], or a code position's activations [G, WPS]: masked
+    (zeros past K or the last row) unless EVEN."""
     if EVEN:
         return tl.load(ptrs)
     else:
@@ -204,15 +204,6 @@ def _shifted(W, WFMT: tl.constexpr):
         return W, W >> 12
     else:
         return W, W >> 8
-
-
-@triton.jit
-def _operand_at(ptrs, ok, EVEN: tl.constexpr):
-    """One code position's activations of a step: [G, WPS]."""
-    if EVEN:
-        return tl.load(ptrs)
-    else:
-        return tl.load(ptrs, mask=ok, other=0.0)
 
 
 @triton.jit
@@ -283,11 +274,11 @@ def _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, kw, KW, co
         s_cols = ((kw * EPW + slot * (WPS * EPW)) // GROUP_K)[:, None] * stride_sk
     else:
         s_cols = slot[:, None] * 0
-    W = _words(g_ptrs + kw, s_ok[:, :, None], EVEN)
+    W = _load(g_ptrs + kw, s_ok[:, :, None], EVEN)
     gs = _group_scales(gs_rows + s_cols, s_ok, SFMT, EVEN)
     gz = _zero_points(gz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
     if GATED:
-        U = _words(u_ptrs + kw, s_ok[:, :, None], EVEN)
+        U = _load(u_ptrs + kw, s_ok[:, :, None], EVEN)
         us = _group_scales(us_rows + s_cols, s_ok, SFMT, EVEN)
         uz = _zero_points(uz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
     else:
@@ -311,7 +302,7 @@ def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, 
         P = 4 * J if J <= 4 else 4 * (J - 3)  # the code's bit in its word (see _code_values)
         if WFMT == 1:
             P = 8 * (J % 2)
-        a = _operand_at(a_base + a_offs + J * (PERM_SLOTS * WPS), a_ok, EVEN_K)
+        a = _load(a_base + a_offs + J * (PERM_SLOTS * WPS), a_ok, EVEN_K)
         tg, sg = _meet(tg, sg, _code_values(Wg, Wg8, J, WFMT), a, J, P, HAS_UNIT)
         if GATED:
             tu, su = _meet(tu, su, _code_values(Wu, Wu8, J, WFMT), a, J, P, False)
@@ -394,6 +385,13 @@ def gemv_mainloop(a_base, a_row0, a_row1, a_row2, a_row3, stride_am, K, split, w
 
 
 @triton.jit
+def _program(NUM_BLOCKS_N, SPLIT: tl.constexpr):
+    """This program's part of K, row block and column block (parts of one tile run side by side)."""
+    pid_mn = tl.program_id(0) // SPLIT
+    return tl.program_id(0) % SPLIT, pid_mn // NUM_BLOCKS_N, pid_mn % NUM_BLOCKS_N
+
+
+@triton.jit
 def _block_row(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs):
     """Row M of the block (row 0 again past the block): aligned row, pair, whether real."""
     row = pid_m * BLOCK_M + (M if M < BLOCK_M else 0)
@@ -444,19 +442,13 @@ def _gemv_gemm1(
     activation, and gemm2's operand written for the block's aligned rows. With SPLIT > 1 each
     program takes a part of K and writes its partial gate/up sums (part[split, row, gate|up, col],
     fp32) for _gemv_gemm1_finish."""
-    split = tl.program_id(0) % SPLIT
-    pid_mn = tl.program_id(0) // SPLIT
-    pid_m = pid_mn // NUM_BLOCKS_N
-    pid_n = pid_mn % NUM_BLOCKS_N
+    split, pid_m, pid_n = _program(NUM_BLOCKS_N, SPLIT)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
-    if INTERLEAVED:
-        gate_rows, up_rows = 2 * cols, 2 * cols + 1
-    else:
-        gate_rows, up_rows = cols, cols + I
+    gate_rows, up_rows = gate_up_rows(cols, I, INTERLEAVED)
     g0, u0, g1, u1, g2, u2, g3, u3 = gemv_mainloop(
         a_ptr, _token(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, top_k),
         _token(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, top_k), _token(sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, top_k),
@@ -511,10 +503,7 @@ def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_exper
     row0 = (pid_m * BLOCK_M).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
-    if INTERLEAVED:
-        gate_rows, up_rows = 2 * cols, 2 * cols + 1
-    else:
-        gate_rows, up_rows = cols, cols + I
+    gate_rows, up_rows = gate_up_rows(cols, I, INTERLEAVED)
     g0, u0 = _summed_parts(part_ptr, ROWS, row0, I, cols, col_ok, SPLIT)
     g1, u1 = g0, u0
     g2, u2 = g0, u0
@@ -572,10 +561,7 @@ def _gemv_gemm2(
     """The activated operand rows of one block @ BLOCK_N rows of w2, the bias and the routing weight,
     written per pair: at row pair * SPLIT + split of out (fp32) with SPLIT > 1 (the bias in part 0),
     the pairs' parts then summed with the top-k slots by _sum_over_topk."""
-    split = tl.program_id(0) % SPLIT
-    pid_mn = tl.program_id(0) // SPLIT
-    pid_m = pid_mn // NUM_BLOCKS_N
-    pid_n = pid_mn % NUM_BLOCKS_N
+    split, pid_m, pid_n = _program(NUM_BLOCKS_N, SPLIT)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
     expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
