@@ -27,7 +27,8 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, device: str | to
     keep the checkpoint's quantization (``layer.quant``); unsupported schemes, missing or malformed
     tensors are a ValueError/TypeError naming the layer or tensor, raised before any weight of the
     block is converted. With ``parallel=moekit.ExpertParallel(...)`` (every rank calls ``load``)
-    each rank keeps its own experts of each block (a block is read whole, one at a time)."""
+    each rank reads its own experts of each block, one block at a time (per-expert tensors of other
+    experts are never read; of fused [E, ...] tensors only its experts' rows)."""
     from moekit.checkpoints.block import load_quantized_state_dict
     from moekit.checkpoints.files import CheckpointFiles
     from moekit.checkpoints.model_config import config_dtype, moe_arguments, read_config

@@ -125,6 +125,8 @@ def scenarios(rank: int, world: int) -> dict:
     results.update(_fp8_checkpoint_block(rank))
     # moekit.load of a DeepSeek-style fp8 checkpoint directory written by transformers' Fp8Quantize
     results.update(_load_checkpoint_directory(rank))
+    # fused expert tensors (gpt-oss, float and mxfp4) from safetensors: each rank reads its experts' rows
+    results.update(_fused_checkpoints(rank))
     # quantized experts: the slice of every scheme tensor (codes, scales, zero points) travels with the experts
     for scheme in ("w4a16-g32-asym", "fp8-block128"):
         single, ep = _pair(moekit.ExpertParallel(timeout_s=60), quant=scheme)
@@ -215,6 +217,72 @@ def _load_checkpoint_directory(rank: int) -> dict:
     _check(results, "all-to-all/moekit.load of an fp8 checkpoint directory", single, ep,
            torch.randn(5 + rank, single.hidden_size))
     results["moekit.load: local experts"] = [list(ep.local_experts), int(ep.w13.shape[0]), single.quant]
+    return results
+
+
+class _RecordingFiles:
+    """Records, while active, which tensors CheckpointFiles reads whole and which by rows."""
+
+    def __enter__(self):
+        from moekit.checkpoints.files import CheckpointFiles
+
+        self.cls, self.whole, self.rows = CheckpointFiles, [], {}
+        self.saved = (CheckpointFiles.__getitem__, CheckpointFiles.read_rows)
+        get, read_rows = self.saved
+        CheckpointFiles.__getitem__ = lambda files, name: (self.whole.append(name), get(files, name))[1]
+        CheckpointFiles.read_rows = lambda files, name, rows: (self.rows.__setitem__(name, list(rows)),
+                                                               read_rows(files, name, rows))[1]
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.__getitem__, self.cls.read_rows = self.saved
+
+    def summary(self, local) -> dict:
+        return {"whole": sorted(n for n in self.whole if ".experts." in n),
+                "rows": sorted(n for n, rows in self.rows.items() if rows == list(local)),
+                "other rows": sorted(n for n, rows in self.rows.items() if rows != list(local))}
+
+
+def _fused_checkpoints(rank: int) -> dict:
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from moekit.checkpoints.files import CheckpointFiles
+
+    sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
+    from _producers import write_gpt_oss_mxfp4
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # float: gpt-oss's transposed, interleaved [E, H, 2I] / [E, I, H] tensors with biases
+        torch.manual_seed(0)
+        kw = dict(activation="swigluoai", gate_up_layout="interleaved", expert_bias=True, router_bias=True)
+        single = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", **kw)
+        sd = {"mlp.router.weight": single.router.weight, "mlp.router.bias": single.router.bias,
+              "mlp.experts.gate_up_proj": single.w13.transpose(1, 2), "mlp.experts.down_proj": single.w2.transpose(1, 2),
+              "mlp.experts.gate_up_proj_bias": single.w13_bias, "mlp.experts.down_proj_bias": single.w2_bias}
+        save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(Path(tmp) / "model.safetensors"))
+        ep = moekit.MoE(E, K, H, I, dtype=torch.float32, device="cpu", parallel=moekit.ExpertParallel(timeout_s=60),
+                        **kw)
+        with _RecordingFiles() as recorded:
+            moekit.load_hf_state_dict(ep, CheckpointFiles(tmp), prefix="mlp.")
+        torch.manual_seed(900 + rank)
+        _check(results, "all-to-all/fused float checkpoint read by rows", single, ep, torch.randn(6 + rank, H))
+        results["fused float reads"] = recorded.summary(ep.local_experts)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        write_gpt_oss_mxfp4(Path(tmp), e=E)
+        (_, single), = moekit.load(tmp, device="cpu", dtype=torch.float32).items()
+        with _RecordingFiles() as recorded:
+            (_, ep), = moekit.load(tmp, device="cpu", dtype=torch.float32,
+                                   parallel=moekit.ExpertParallel(timeout_s=60)).items()
+        torch.manual_seed(950 + rank)
+        _check(results, "all-to-all/gpt-oss mxfp4 checkpoint read by rows", single, ep,
+               torch.randn(5 + rank, single.hidden_size))
+        results["fused mxfp4 reads"] = recorded.summary(ep.local_experts)
     return results
 
 

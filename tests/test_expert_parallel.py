@@ -40,7 +40,9 @@ CASES = [f"{comm}/{case}" for comm in ("all-to-all", "fixed", "all-gather") for 
                                   "fp8 dispatch/capacity None", "fp8 dispatch/capacity 16",
                                   "chunks of 3/capacity None", "chunks of 3/capacity 4",
                                   "all-to-all/fp8 checkpoint block read by expert",
-                                  "all-to-all/moekit.load of an fp8 checkpoint directory"]
+                                  "all-to-all/moekit.load of an fp8 checkpoint directory",
+                                  "all-to-all/fused float checkpoint read by rows",
+                                  "all-to-all/gpt-oss mxfp4 checkpoint read by rows"]
                          + [f"{kind}/capacity {c}" for kind in ("weight on input", "gpt-oss swiglu, biases", "relu2")
                             for c in (None, 16)])
 def test_expert_parallel_output_equals_single_device(ranks, case):
@@ -77,6 +79,20 @@ def test_a_checkpoint_block_is_read_only_for_the_ranks_own_experts(ranks):
         assert res["hf block: other ranks' tensors read"] == []
         assert res["fp8 checkpoint: other ranks' tensors read"] == []
         assert res["fp8 checkpoint: own expert tensors read"] == 2 * 3 * res["fp8 checkpoint: own experts"]
+
+
+def test_fused_expert_tensors_are_read_by_the_ranks_rows(ranks):
+    # gpt-oss's fused [E, ...] tensors in safetensors: each rank reads its own experts' rows of each
+    # (CheckpointFiles.read_rows), never a whole expert tensor nor another rank's rows
+    _, results = ranks
+    for res in results:
+        floats, mxfp4 = res["fused float reads"], res["fused mxfp4 reads"]
+        assert floats["whole"] == [] and floats["other rows"] == []
+        assert floats["rows"] == ["mlp.experts.down_proj", "mlp.experts.down_proj_bias", "mlp.experts.gate_up_proj",
+                                  "mlp.experts.gate_up_proj_bias"]
+        assert mxfp4["whole"] == [] and mxfp4["other rows"] == []
+        assert {n.rsplit(".", 1)[-1] for n in mxfp4["rows"]} >= {"down_proj_blocks", "down_proj_scales",
+                                                                 "gate_up_proj_blocks", "gate_up_proj_scales"}
 
 
 def test_moekit_load_builds_each_ranks_slice(ranks):

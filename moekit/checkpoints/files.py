@@ -31,6 +31,22 @@ class CheckpointFiles(Mapping):
         shard = self._shard_of[name]  # KeyError for an unknown name, as a Mapping should
         return self._handle(shard).get_tensor(name)
 
+    def read_rows(self, name: str, rows) -> torch.Tensor:
+        """Rows ``rows`` of dim 0 of tensor ``name``, in that order, reading only those (runs of
+        consecutive rows in one read each): an expert-parallel rank's experts of a fused tensor."""
+        part = self._handle(self._shard_of[name]).get_slice(name)
+        runs, rows = [], list(rows)
+        for r in rows:
+            if runs and runs[-1][1] == r:
+                runs[-1][1] = r + 1
+            else:
+                runs.append([r, r + 1])
+        return torch.cat([part[a:b] for a, b in runs]) if runs else self[name][:0]
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape, from the shard's header (nothing is read)."""
+        return tuple(self._handle(self._shard_of[name]).get_slice(name).get_shape())
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._shard_of)
 

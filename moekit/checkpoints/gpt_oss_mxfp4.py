@@ -25,7 +25,7 @@ import torch
 from moekit.activations import GateUpLayout
 from moekit.checkpoints.per_expert import Experts
 from moekit.checkpoints.projection import FLOAT_SCALE_DTYPES, expect
-from moekit.integrations.hf_state_dict import _to_layout
+from moekit.integrations.hf_state_dict import _to_layout, own_expert_rows
 from moekit.quant.spec import QuantizedMatrix
 
 BLOCK = 32  # e2m1 values per e8m0 scale: 16 bytes of a block
@@ -43,14 +43,15 @@ def read_experts(layer, reader) -> Callable[[], Experts]:
     if not layer.activation.gated:
         raise ValueError(f"{reader.prefix}experts.gate_up_proj_blocks: gpt-oss experts are gated (gate and up rows)")
     e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
-    gate_up = _read_matrix(reader, "experts.gate_up_proj", e, 2 * i, h)
-    down = _read_matrix(reader, "experts.down_proj", e, h, i)
+    own = own_expert_rows(layer)  # an expert-parallel rank reads its own experts' rows only
+    gate_up = _read_matrix(reader, "experts.gate_up_proj", e, 2 * i, h, own)
+    down = _read_matrix(reader, "experts.down_proj", e, h, i, own)
     biases = None
     if layer.w13_bias is not None:
-        b13 = reader.take("experts.gate_up_proj_bias")
-        expect(reader.prefix + "experts.gate_up_proj_bias", b13, (e, 2 * i), FLOAT_SCALE_DTYPES)
-        b2 = reader.take("experts.down_proj_bias")
-        expect(reader.prefix + "experts.down_proj_bias", b2, (e, h), FLOAT_SCALE_DTYPES)
+        b13 = reader.take_rows("experts.gate_up_proj_bias", own, (e, 2 * i))
+        expect(reader.prefix + "experts.gate_up_proj_bias", b13, None, FLOAT_SCALE_DTYPES)
+        b2 = reader.take_rows("experts.down_proj_bias", own, (e, h))
+        expect(reader.prefix + "experts.down_proj_bias", b2, None, FLOAT_SCALE_DTYPES)
         biases = (b13, b2)
 
     def convert() -> Experts:
@@ -59,23 +60,23 @@ def read_experts(layer, reader) -> Callable[[], Experts]:
         w13 = QuantizedMatrix(data=rows(gate_up[0]), scale=rows(gate_up[1]))
         w2 = QuantizedMatrix(data=down[0], scale=down[1])
         if biases is None:
-            return Experts(w13, w2)
-        return Experts(w13, w2, w13_bias=rows(biases[0]), w2_bias=biases[1])
+            return Experts(w13, w2, local=own is not None)
+        return Experts(w13, w2, w13_bias=rows(biases[0]), w2_bias=biases[1], local=own is not None)
 
     return convert
 
 
-def _read_matrix(reader, name: str, e: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes [E, N, K/2], e8m0 scales [E, N, K/32]) of one projection, validated."""
+def _read_matrix(reader, name: str, e: int, n: int, k: int, own) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [E', N, K/2], e8m0 scales [E', N, K/32]) of one projection, validated: all E experts,
+    or the rows ``own``."""
     if k % BLOCK:
         raise ValueError(f"{reader.prefix + name + '_blocks'!r}: mxfp4 blocks of {BLOCK} columns do not divide "
                          f"its input dimension {k}")
-    blocks = reader.take(f"{name}_blocks")
-    expect(reader.prefix + f"{name}_blocks", blocks, (e, n, k // BLOCK, BLOCK // 2), (torch.uint8,),
-           what="e2m1 codes, two per byte")
-    scales = reader.take(f"{name}_scales")
-    expect(reader.prefix + f"{name}_scales", scales, (e, n, k // BLOCK), (torch.uint8,), what="e8m0 scales")
-    return blocks.reshape(e, n, k // 2), scales
+    blocks = reader.take_rows(f"{name}_blocks", own, (e, n, k // BLOCK, BLOCK // 2), "e2m1 codes, two per byte")
+    expect(reader.prefix + f"{name}_blocks", blocks, None, (torch.uint8,), what="e2m1 codes, two per byte")
+    scales = reader.take_rows(f"{name}_scales", own, (e, n, k // BLOCK), "e8m0 scales")
+    expect(reader.prefix + f"{name}_scales", scales, None, (torch.uint8,), what="e8m0 scales")
+    return blocks.reshape(blocks.shape[0], n, k // 2), scales
 
 
 __all__ = ["has_layout", "read_experts"]

@@ -63,16 +63,36 @@ class _Reader:
         return next((k for k in keys if self.has(k)), keys[0])
 
     def take(self, key: str, shape: tuple[int, ...] | None = None, what: str = "") -> torch.Tensor:
-        full = self.prefix + key
-        if key not in self.tensors:
-            detail = f" ({what}, shape {shape})" if what else (f" (shape {shape})" if shape else "")
-            raise ValueError(f"missing tensor {full!r}{detail}")
+        full = self._present(key, shape, what)
         t = self.tensors[key]
         check_tensor(repr(full), t)
         if shape is not None:
             check_shape(repr(full), t, shape)
         self.used.add(key)
         return t
+
+    def take_rows(self, key: str, rows: tuple[int, ...] | None, shape: tuple[int, ...] | None = None,
+                  what: str = "") -> torch.Tensor:
+        """take(key), restricted to ``rows`` of dim 0 (all of them when None), in that order: a
+        source that reads rows (CheckpointFiles) reads only those from disk. ``shape`` is checked
+        against the whole tensor's."""
+        if rows is None:
+            return self.take(key, shape, what)
+        full = self._present(key, shape, what)
+        t, whole = self.tensors.rows(key, rows)
+        label = repr(full) + (f" ({what})" if what else "")
+        check_tensor(label, t)
+        if shape is not None and whole != tuple(shape):
+            raise ValueError(f"{label} must have shape {tuple(shape)}, got {whole}")
+        self.used.add(key)
+        return t
+
+    def _present(self, key: str, shape, what: str) -> str:
+        full = self.prefix + key
+        if key not in self.tensors:
+            detail = f" ({what}, shape {shape})" if what else (f" (shape {shape})" if shape else "")
+            raise ValueError(f"missing tensor {full!r}{detail}")
+        return full
 
     def unused(self) -> list[str]:
         return sorted(self.prefix + k for k in self.tensors if k not in self.used)
@@ -88,6 +108,25 @@ class _PrefixView(Mapping):
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._source[self._full[key]]
+
+    def rows(self, key: str, rows: tuple[int, ...]):
+        """(rows ``rows`` of dim 0 of the tensor, the whole tensor's shape): read alone where the
+        source can (``read_rows`` / ``shape_of``), else indexed out of the whole tensor."""
+        name = self._full[key]
+        if hasattr(self._source, "read_rows"):
+            return self._source.read_rows(name, rows), tuple(self._source.shape_of(name))
+        t = self._source[name]
+        if not isinstance(t, torch.Tensor):
+            return t, None
+        return t[torch.tensor(rows, dtype=torch.long, device=t.device)], tuple(t.shape)
+
+    def shape_of(self, key: str) -> tuple[int, ...] | None:
+        """The tensor's shape without reading it where the source can (None: not a tensor)."""
+        name = self._full[key]
+        if hasattr(self._source, "shape_of"):
+            return tuple(self._source.shape_of(name))
+        t = self._source[name]
+        return tuple(t.shape) if isinstance(t, torch.Tensor) else None
 
     def __iter__(self):
         return iter(self._full)
@@ -136,7 +175,8 @@ def _read_router(layer: MoE, reader: _Reader) -> dict[str, torch.Tensor]:
 
 def _read_experts(layer: MoE, reader: _Reader, checkpoint_gate_up) -> dict[str, torch.Tensor]:
     """The layer's expert tensors (its own experts only, for an expert-parallel layer: per-expert
-    tensors of other ranks' experts are never read; fused tensors are read whole and sliced)."""
+    tensors of other ranks' experts are never read; of fused tensors only the own experts' rows,
+    where the source reads rows: moekit.load's checkpoint files)."""
     gated = layer.activation.gated
     first = "gate_up_proj" if gated else "up_proj"
     fused = [k for k in (f"experts.{first}", "experts.down_proj") if reader.has(k)]
@@ -147,7 +187,7 @@ def _read_experts(layer: MoE, reader: _Reader, checkpoint_gate_up) -> dict[str, 
             "expert tensors given; a checkpoint has one layout"
         )
     if fused:
-        return {name: layer._local_slice(t) for name, t in _read_fused(layer, reader, first, checkpoint_gate_up).items()}
+        return _read_fused(layer, reader, first, checkpoint_gate_up)
     if names is None:
         e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
         rows = 2 * i if gated else i
@@ -160,21 +200,31 @@ def _read_experts(layer: MoE, reader: _Reader, checkpoint_gate_up) -> dict[str, 
 
 
 def _read_fused(layer: MoE, reader: _Reader, first: str, checkpoint_gate_up) -> dict[str, torch.Tensor]:
+    """Fused [E, ...] expert tensors: the layer's own experts' rows of each (all without expert
+    parallelism)."""
     e, h, i = layer.num_experts, layer.hidden_size, layer.intermediate_size
     rows = 2 * i if layer.activation.gated else i
+    own = own_expert_rows(layer)
     transposed = _fused_is_transposed(reader, first, (e, rows, h), (e, h, i))
     if transposed:
-        w13 = reader.take(f"experts.{first}", (e, h, rows), "w13, transposed").transpose(1, 2)
-        w2 = reader.take("experts.down_proj", (e, i, h), "w2, transposed").transpose(1, 2)
+        w13 = reader.take_rows(f"experts.{first}", own, (e, h, rows), "w13, transposed").transpose(1, 2)
+        w2 = reader.take_rows("experts.down_proj", own, (e, i, h), "w2, transposed").transpose(1, 2)
     else:
-        w13 = reader.take(f"experts.{first}", (e, rows, h), "w13")
-        w2 = reader.take("experts.down_proj", (e, h, i), "w2")
+        w13 = reader.take_rows(f"experts.{first}", own, (e, rows, h), "w13")
+        w2 = reader.take_rows("experts.down_proj", own, (e, h, i), "w2")
     source = checkpoint_gate_up or (GateUpLayout.INTERLEAVED if transposed else GateUpLayout.CONCATENATED)
     out = {"w13": _to_layout(w13, source, layer), "w2": w2}
     if layer.w13_bias is not None:
-        out["w13_bias"] = _to_layout(reader.take(f"experts.{first}_bias", (e, rows), "w13_bias"), source, layer)
-        out["w2_bias"] = reader.take("experts.down_proj_bias", (e, h), "w2_bias")
+        b13 = reader.take_rows(f"experts.{first}_bias", own, (e, rows), "w13_bias")
+        out["w13_bias"] = _to_layout(b13, source, layer)
+        out["w2_bias"] = reader.take_rows("experts.down_proj_bias", own, (e, h), "w2_bias")
     return out
+
+
+def own_expert_rows(layer: MoE) -> tuple[int, ...] | None:
+    """Rows of fused [E, ...] expert tensors that the layer keeps: its local experts in local order
+    (expert parallel), or None for all of them."""
+    return None if layer.parallel is None else tuple(layer.local_experts)
 
 
 def _fused_is_transposed(reader: _Reader, first: str, w13_shape, w2_shape) -> bool:
@@ -182,10 +232,10 @@ def _fused_is_transposed(reader: _Reader, first: str, w13_shape, w2_shape) -> bo
     two readings coincide (2I == H, or I == H) the other decides; both cannot coincide for a gated
     layer, and for an ungated one with I == H the untransposed reading (transformers' default) wins."""
     def reading(key, normal):
-        t = reader.tensors.get(key)
-        if not isinstance(t, torch.Tensor):
+        shape = reader.tensors.shape_of(key) if key in reader.tensors else None
+        if shape is None:
             return None
-        shape, flipped = tuple(t.shape), (normal[0], normal[2], normal[1])
+        flipped = (normal[0], normal[2], normal[1])
         if shape == normal and shape == flipped:
             return None
         return True if shape == flipped else (False if shape == normal else None)

@@ -45,3 +45,26 @@ def test_block_prefixes_in_layer_order():
              "model.layers.3.block_sparse_moe.experts.1.w2.weight"]
     assert block_prefixes(names) == ["model.layers.2.mlp.", "model.layers.3.block_sparse_moe.",
                                      "model.layers.10.mlp."]
+
+
+def test_rows_of_a_tensor_read_alone_in_the_order_asked(tmp_path):
+    # an expert-parallel rank's experts of a fused [E, ...] tensor: any order, runs and repeats
+    fused = torch.randn(7, 3, 5)
+    save_file({"experts.w": fused, "other": torch.randn(2)}, str(tmp_path / "model.safetensors"))
+    files = CheckpointFiles(tmp_path)
+    assert files.shape_of("experts.w") == (7, 3, 5)
+    for rows in ([4, 5, 6], [6, 0, 1, 2], [3], [2, 2]):
+        assert torch.equal(files.read_rows("experts.w", rows), fused[rows])
+
+
+def test_take_rows_checks_the_whole_tensors_shape():
+    from moekit.integrations.hf_state_dict import _Reader
+
+    fused = torch.randn(4, 6)
+    reader = _Reader({"p.experts.w": fused}, "p.")
+    assert torch.equal(reader.take_rows("experts.w", (3, 1), (4, 6)), fused[[3, 1]])
+    assert torch.equal(reader.take_rows("experts.w", None, (4, 6)), fused)
+    with pytest.raises(ValueError, match=r"'p.experts.w' \(w13\) must have shape \(5, 6\), got \(4, 6\)"):
+        reader.take_rows("experts.w", (0,), (5, 6), "w13")
+    with pytest.raises(ValueError, match="missing tensor 'p.experts.v'"):
+        reader.take_rows("experts.v", (0,), (4, 6))
