@@ -1,5 +1,5 @@
-"""Decode-sized weight-only GEMMs (w4a16, w8a16, mxfp4, nvfp4) on CUDA cores: one or two rows per
-expert block, every weight element decoded by one or two integer ops and consumed by one FMA.
+"""Decode-sized weight-only GEMMs (w4a16, w8a16, mxfp4, nvfp4) on CUDA cores: one, two or four rows
+per expert block, every weight element decoded by one to three integer ops and met by one FMA per row.
 
 Why not the tensor-core loop (weight_only_loop.py) at decode: with a row or two per expert the MMA
 does no useful work, while feeding it costs ~6-10 instructions per weight element (dequantize to
@@ -17,10 +17,11 @@ How a code becomes a number with no conversion instruction:
 - e2m1 codes: the exponent and mantissa bits moved to the top of an fp32 exponent make the value
   times 2**-126 (subnormal for code 1), the sign bit moved to bit 31; the activation carries 2**64.
 
-The operand: an fp32 copy of the GEMM's input rows, each value pre-multiplied by its factor and
-stored slot by slot: a slot is WPS consecutive 32-bit words of codes (EPW codes each), and within
-it the values are ordered code position first (j * WPS + i for code j of word i), so that each code
-position's activations load as one vector in the weight tile's layout. gemm1's input is written by
+The operand: an fp32 copy of the GEMM's input rows, each value pre-multiplied by its factor, in
+blocks of PERM_SLOTS slots (a slot is WPS consecutive 32-bit words of codes, EPW codes each); within
+a block the values are ordered code position first, then slot, then word (j * PERM_SLOTS * WPS +
+slot * WPS + i for code j of word i), so that each code position's activations load as one vector
+per thread, neighbouring threads reading neighbouring bytes. gemm1's input is written by
 ``prepare_operand``; gemm1's epilogue writes gemm2's input directly in this form.
 
 Each thread owns a slot (4 words: one 16-byte load) of a few weight rows per step; a slot lies in
@@ -64,8 +65,6 @@ def words_per_slot(spec: QuantSpec) -> int:
     return 4 if spec.group_k == 0 else min(4, spec.group_k // epw)
 
 
-
-
 def gemv_supports_scheme(spec: QuantSpec, hidden: int, inter: int) -> bool:
     """Whether the decode GEMV runs this scheme at these sizes (else the tensor-core loop)."""
     if not spec.weight_only or spec.weight not in _WFMT or spec.group_n != 1:
@@ -85,7 +84,8 @@ def gemv_supports(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int
 
 def _word_view(data: torch.Tensor) -> torch.Tensor | None:
     """The codes as int32 words [E, N, K / EPW] (None when the storage cannot be seen so)."""
-    if data.stride(-1) != 1 or data.shape[-1] % 4 or data.storage_offset() % 4 or any(s % 4 for s in data.stride()[:-1]):
+    aligned = data.storage_offset() % 4 == 0 and all(s % 4 == 0 for s in data.stride()[:-1])
+    if data.stride(-1) != 1 or data.shape[-1] % 4 or not aligned:
         return None
     return data.view(torch.int32)
 
@@ -156,7 +156,6 @@ def prepare_operand(x: torch.Tensor, spec: QuantSpec) -> GemvOperand:
                dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec), BLOCK=block),
                4, 1)
     return GemvOperand(out, k)
-
 
 
 @triton.jit
@@ -296,8 +295,7 @@ def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, 
     HAS_UNIT: tl.constexpr = WFMT != 3
     tg = acc_g[:, :, None] * 0.0  # (placeholders: _meet assigns them at position 0)
     tu = tg
-    sg = a_offs * 0.0
-    su = sg
+    sg = a_offs * 0.0  # the activations' sums, the same for gate and up
     for J in tl.static_range(EPW):
         P = 4 * J if J <= 4 else 4 * (J - 3)  # the code's bit in its word (see _code_values)
         if WFMT == 1:
@@ -305,7 +303,7 @@ def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, 
         a = _load(a_base + a_offs + J * (PERM_SLOTS * WPS), a_ok, EVEN_K)
         tg, sg = _meet(tg, sg, _code_values(Wg, Wg8, J, WFMT), a, J, P, HAS_UNIT)
         if GATED:
-            tu, su = _meet(tu, su, _code_values(Wu, Wu8, J, WFMT), a, J, P, False)
+            tu, _sums = _meet(tu, sg, _code_values(Wu, Wu8, J, WFMT), a, J, P, False)
     acc_g = _fold(acc_g, tg, sg, gs, gz, WFMT, GROUP_K)
     if GATED:
         acc_u = _fold(acc_u, tu, sg, us, uz, WFMT, GROUP_K)
