@@ -16,6 +16,7 @@ class Explanation:
     selection: Selection
     kernel: str  # "prepare/finalize x experts"
     parallel: Any = None  # ep.selection.ParallelChoice of an expert-parallel layer
+    tiles_key: Any = None  # triton_ops.tile_configs.TableKey when the Triton backend runs on a GPU
 
     @property
     def backend(self) -> str:
@@ -34,6 +35,10 @@ class Explanation:
         width = max(len("backend"), *(len(r[0]) for r in rows))
         lines = [self.summary(), f"kernel: {self.kernel}", f"{'backend':<{width}}  status   reason"]
         lines += [f"{name:<{width}}  {status:<7}  {reason}" for name, status, reason in rows]
+        if self.tiles_key is not None:
+            from moekit.triton_ops.tile_configs import tile_plan
+
+            lines += [f"tiles on {self.tiles_key.device}:", *tile_plan(self.tiles_key)]
         if self.parallel is not None:
             lines += self.parallel.describe()
         return "\n".join(lines)

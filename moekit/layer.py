@@ -296,7 +296,18 @@ class MoE(nn.Module):
                                                                        self.w13.device)
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
                                               prepare_finalize)
-        self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice)
+        self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice,
+                                        self._tiles_key(problem, selection))
+
+    def _tiles_key(self, problem, selection):
+        """The tile-table key explain() shows the Triton backend's tiles by (None elsewhere)."""
+        if selection.chosen.name != "triton" or self.w13.device.type != "cuda":
+            return None
+        from moekit.triton_ops.tile_configs import TableKey
+
+        return TableKey(torch.cuda.get_device_name(self.w13.device), problem.num_experts, problem.top_k,
+                        problem.hidden_size, problem.intermediate_size, problem.dtype, problem.activation.gated,
+                        problem.quant)
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)

@@ -56,3 +56,21 @@ def test_search_space_fits_shared_memory(tokens, gated):
         for t in candidates:
             b_tiles = 2 if gated else 1
             assert t.num_stages * (block_m * t.block_k + b_tiles * t.block_k * t.block_n) * 2 <= SHARED_MEMORY_BYTES
+
+
+def test_explain_shows_the_triton_tiles_by_token_count():
+    import dataclasses
+
+    import moekit
+    from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, describe_tiles, tile_plan
+
+    key = TableKey("NVIDIA H200", 128, 8, 2048, 768, torch.bfloat16, True, "w4a16-g128")
+    plan = tile_plan(key)
+    assert plan[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x512")
+    assert "4096 tokens: 128-row blocks" in plan[-1] and all(line.endswith("(default heuristic)") for line in plan)
+    split = ExpertsTiles(1, GemmTiles(16, 512), GemmTiles(32, 512, split_k=4))
+    assert describe_tiles(split).endswith("gemm2 32x512, 4 warps, K split in 4")
+    layer = moekit.MoE(128, 8, 64, 32, quant="w4a16-g32")  # on the CPU: no tiles shown
+    assert "tiles on" not in str(layer.explain())
+    shown = str(dataclasses.replace(layer.explain(), tiles_key=key))
+    assert "tiles on NVIDIA H200:" in shown and plan[0] in shown

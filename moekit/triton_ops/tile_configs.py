@@ -174,3 +174,33 @@ def _default_quant_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     if rows_per_expert <= 160:
         return ExpertsTiles(64, GemmTiles(64, 128, 8, 4, 3), GemmTiles(128, 128, 8, 8, 3))
     return ExpertsTiles(128, GemmTiles(64, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
+
+
+EXPLAINED_TOKENS = (1, 16, 256, 4096)  # the token counts explain() shows the tiles of
+
+
+def describe_tiles(tiles: ExpertsTiles) -> str:
+    """One line of a forward's tiles: which path (decode GEMV or tensor-core row blocks) and each
+    GEMM's tile."""
+    gemv = tiles.block_m <= GEMV_MAX_BLOCK_M
+
+    def gemm(g: GemmTiles) -> str:
+        parts = [f"{g.block_n}x{g.block_k}", f"{g.num_warps} warps"]
+        if not gemv:
+            parts.append(f"{g.num_stages} stages" + (", TMA" if g.tma else ""))
+        if g.split_k > 1:
+            parts.append(f"K split in {g.split_k}")
+        return ", ".join(parts)
+
+    path = f"decode GEMV, {tiles.block_m}-row blocks" if gemv else f"{tiles.block_m}-row blocks"
+    return f"{path}; gemm1 {gemm(tiles.gemm1)}; gemm2 {gemm(tiles.gemm2)}"
+
+
+def tile_plan(key: TableKey, token_counts=EXPLAINED_TOKENS) -> list[str]:
+    """explain()'s lines for the Triton backend: the tiles of each token count and where they come
+    from (a tuned table's bucket or the default heuristic)."""
+    lines = []
+    for tokens in token_counts:
+        tiles, source = tiles_for(key, tokens)
+        lines.append(f"  {tokens:>5} token{'' if tokens == 1 else 's'}: {describe_tiles(tiles)} ({source})")
+    return lines
