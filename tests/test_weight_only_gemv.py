@@ -112,3 +112,28 @@ def test_fp16_activations(scheme):
     out = triton_out(case, gemv_tiles(1, 1, 2))
     assert out.dtype == torch.float16
     assert relative_error(out, reference(case).double()) <= 1e-3
+
+
+def test_act_order_weights_get_tensor_core_tiles_at_decode(monkeypatch):
+    # the default tiles would pick the GEMV for a bf16 layer on a GPU at one row per expert; act-order
+    # weights (g_idx) cannot run it, so the backend asks for tiles without it (and still computes)
+    import moekit.triton_ops.tile_configs as tc
+    from moekit.experts import TritonExperts
+
+    key = tc.TableKey("NVIDIA H200", 4, 2, 64, 64, torch.bfloat16, True, "w4a16-g32")
+    assert tc.tiles_for(key, 1)[0].block_m == 1
+    assert tc.tiles_for(key, 1, gemv=False)[0].block_m == 16
+    asked = []
+    real = tc.tiles_for_call
+
+    def spy(*args):
+        asked.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(tc, "tiles_for_call", spy)
+    for g_idx in (False, True):
+        case = make_case("w4a16-g32", tokens=2, experts=4, hidden=64, inter=64, g_idx=g_idx)
+        w = case.weights
+        out = TritonExperts().apply(case.x, case.topk_weights, case.topk_ids, w, case.activation, case.layout)
+        assert relative_error(out, reference(case).double()) <= 1e-5
+    assert asked == [True, False]

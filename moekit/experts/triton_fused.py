@@ -78,10 +78,16 @@ class TritonExperts(ExpertsBackend):
         spec = weights.quant
         if tiles is None:
             tiles = tiles_for_call(x.device, _logical_w2_shape(weights), topk_ids.shape, x.dtype, activation.gated,
-                                   spec.scheme if spec is not None else "none")
+                                   spec.scheme if spec is not None else "none", _gemv_runs(weights))
         return fused_experts(x, weights.w13, weights.w2, topk_weights, topk_ids, activation, gate_up_layout,
                              tiles, weights.w13_bias, weights.w2_bias, quant=spec,
                              a13_scale=weights.a13_scale, a2_scale=weights.a2_scale)
+
+
+def _gemv_runs(weights: ExpertWeights) -> bool:
+    """Whether the decode GEMV can run these weights: act-order (g_idx) weights take the tensor-core
+    tiles at decode too. (Scheme and shape are checked where its tiles are chosen.)"""
+    return weights.quant is None or (weights.w13.g_idx is None and weights.w2.g_idx is None)
 
 
 def _logical_w2_shape(weights: ExpertWeights) -> tuple[int, int, int]:

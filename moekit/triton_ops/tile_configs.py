@@ -70,25 +70,28 @@ class TableKey:
                 f"{dtype}{gate}{quant}-{device}.json")
 
 
-def tiles_for(key: TableKey, num_tokens: int) -> tuple[ExpertsTiles, str]:
-    """The tiles for this call, and where they came from ("tuned <file> bucket N" or "default")."""
+def tiles_for(key: TableKey, num_tokens: int, gemv: bool = True) -> tuple[ExpertsTiles, str]:
+    """The tiles for this call, and where they came from ("tuned <file> bucket N" or "default").
+    ``gemv=False``: weights the decode GEMV cannot run (act-order g_idx) never get its row blocks;
+    a tuned bucket of the GEMV gives way to the default heuristic's tensor-core tiles."""
     table = load_table(key)
     if table:
         bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(max(num_tokens, 1))))
-        return table[bucket], f"tuned {key.file_name()} bucket {bucket}"
-    return default_tiles(key, num_tokens), "default heuristic"
+        if gemv or table[bucket].block_m > GEMV_MAX_BLOCK_M:
+            return table[bucket], f"tuned {key.file_name()} bucket {bucket}"
+    return default_tiles(key, num_tokens, gemv), "default heuristic"
 
 
 def tiles_for_call(device: torch.device, w2_shape, ids_shape, dtype: torch.dtype, gated: bool,
-                   quant: str = "none") -> ExpertsTiles:
+                   quant: str = "none", gemv: bool = True) -> ExpertsTiles:
     """``tiles_for`` from a call's shapes (w2's logical [E, H, I]), looked up once per shape (a dict
     hit on later calls)."""
-    shape = (device, tuple(w2_shape), tuple(ids_shape), dtype, gated, quant)
+    shape = (device, tuple(w2_shape), tuple(ids_shape), dtype, gated, quant, gemv)
     tiles = _CALL_TILES.get(shape)
     if tiles is None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         key = TableKey(name, w2_shape[0], ids_shape[1], w2_shape[1], w2_shape[2], dtype, gated, quant)
-        tiles = _CALL_TILES[shape] = tiles_for(key, ids_shape[0])[0]
+        tiles = _CALL_TILES[shape] = tiles_for(key, ids_shape[0], gemv)[0]
     return tiles
 
 
@@ -114,14 +117,14 @@ def write_table(key: TableKey, buckets: dict[int, ExpertsTiles], meta: dict, dir
     return path
 
 
-def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
+def default_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsTiles:
     """Sound tiles for any shape, by the average rows per expert (decode streams weights; prefill
-    is a compute-bound grouped GEMM)."""
+    is a compute-bound grouped GEMM). ``gemv=False``: never the decode GEMV's row blocks."""
     rows_per_expert = num_tokens * key.top_k / key.num_experts
     if key.dtype == torch.float32:  # the interpreter, or fp32 on a GPU: modest tiles
         return ExpertsTiles(16, GemmTiles(32, 32), GemmTiles(32, 32))
     if key.quant != "none":
-        return _default_quant_tiles(key, num_tokens)
+        return _default_quant_tiles(key, num_tokens, gemv)
     if rows_per_expert <= 16:
         return ExpertsTiles(16, GemmTiles(32, 128, 1, 4, 4), GemmTiles(64, 128, 1, 4, 4))
     if rows_per_expert <= 48:
@@ -131,7 +134,7 @@ def default_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
     return ExpertsTiles(128, GemmTiles(64, 64, 8, 8, 4), GemmTiles(128, 64, 8, 8, 4))
 
 
-def _default_quant_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
+def _default_quant_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsTiles:
     """Untuned defaults for quantized weights (16-bit activations; fp32 takes the modest tiles),
     chosen from sm90 builds without spills (registers read from the compiled kernels).
 
@@ -153,12 +156,13 @@ def _default_quant_tiles(key: TableKey, num_tokens: int) -> ExpertsTiles:
 
     spec = method_for(key.quant).spec
     rows_per_expert = num_tokens * key.top_k / key.num_experts
-    if spec.weight_only:
+    if spec.weight_only and gemv:
         from moekit.triton_ops.weight_only_gemv import decode_gemv_tiles
 
-        gemv = decode_gemv_tiles(spec, key.num_experts, key.top_k, key.hidden_size, key.intermediate_size, num_tokens)
-        if gemv is not None:
-            return gemv
+        decode = decode_gemv_tiles(spec, key.num_experts, key.top_k, key.hidden_size, key.intermediate_size,
+                                   num_tokens)
+        if decode is not None:
+            return decode
     if rows_per_expert <= 16 and spec.weight_only:  # H200 sweep (weight_only_loop): 32/64-wide tiles
         k_step = 64 if spec.weight.packed else 128
         return ExpertsTiles(16, GemmTiles(32, k_step, 1, 4, 2), GemmTiles(64, k_step, 1, 4, 2))
