@@ -63,12 +63,9 @@ def load_quantized_state_dict(layer: MoE, state_dict: Mapping[str, torch.Tensor]
                                     experts_are_local=converted.local)
         if converted.w13_bias is not None:
             values |= {"w13_bias": converted.w13_bias, "w2_bias": converted.w2_bias}
-    global_biases = converted is not None and not converted.local  # gpt-oss's fused tensors: all experts
-    with torch.no_grad():
+    with torch.no_grad():  # (expert biases come as the layer's own experts: the readers take its rows)
         for name, value in values.items():
             target = layer.correction_bias if name == "correction_bias" else layer.get_parameter(name)
-            if global_biases and name in ("w13_bias", "w2_bias"):
-                value = layer._local_slice(value)
             target.copy_(value)
     layer.compose_kernel()
 
