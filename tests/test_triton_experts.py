@@ -125,3 +125,28 @@ def test_layer_with_triton_backend_on_cpu():
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), ref_layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k,block_m", [(1, 16), (4, 16), (5, 32)])
+def test_one_token_runs_without_alignment(monkeypatch, top_k, block_m):
+    # One token: block m holds pair m, no alignment launch; out-of-range ids still contribute nothing.
+    import moekit.triton_ops.experts_kernels as ek
+
+    def no_alignment(*args, **kwargs):
+        raise AssertionError("a single token must not launch the alignment")
+
+    monkeypatch.setattr(ek, "align_pairs_by_expert", no_alignment)
+    tiles = ExpertsTiles(block_m, GemmTiles(16, 16, 1), GemmTiles(16, 32, 1))
+    for act, bias, bad_slot in [("silu", False, None), ("swigluoai", True, 0), ("gelu", True, top_k - 1)]:
+        inp = make_inputs(1, 9, top_k, 40, 24, bias=bias)
+        ids, weights = inp.topk_ids.clone(), inp.topk_weights.clone()
+        if bad_slot is not None:  # an out-of-range id: its pair contributes nothing
+            ids[0, bad_slot] = 9 if bad_slot else -1
+            weights[0, bad_slot] = 0.0
+        poisoned = torch.full_like(inp.x, float("nan"))
+        out = fused_experts(inp.x, inp.w13, inp.w2, inp.topk_weights, ids, parse_activation(act),
+                            GateUpLayout.CONCATENATED, tiles, inp.w13_bias, inp.w2_bias, out=poisoned)
+        ref = moekit.fused_moe_spec(inp.x, inp.w13, inp.w2, weights, ids.clamp(0, 8), act, inp.w13_bias,
+                                    inp.w2_bias)
+        assert out.data_ptr() == poisoned.data_ptr()
+        assert_close_to_reference(out, ref, torch.float32)

@@ -137,3 +137,25 @@ def test_act_order_weights_get_tensor_core_tiles_at_decode(monkeypatch):
         out = TritonExperts().apply(case.x, case.topk_weights, case.topk_ids, w, case.activation, case.layout)
         assert relative_error(out, reference(case).double()) <= 1e-5
     assert asked == [True, False]
+
+
+@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("nvfp4", 4, 2)])
+def test_one_token_runs_without_alignment(monkeypatch, scheme, block_m, split):
+    # One token: block m holds pair m (align.pairs_in_place), no alignment launch; the finishing
+    # kernel of gemm1's split K and gemm2's parts read the same blocks; an out-of-range id adds nothing.
+    import moekit.triton_ops.experts_kernels as ek
+
+    def no_alignment(*args, **kwargs):
+        raise AssertionError("a single token must not launch the alignment")
+
+    monkeypatch.setattr(ek, "align_pairs_by_expert", no_alignment)
+    case = make_case(scheme, tokens=1, experts=5, top_k=3, hidden=64, inter=96, bias=True, empty_experts=0)
+    out = triton_out(case, gemv_tiles(block_m, split, split))
+    assert relative_error(out, reference(case).double()) <= 1e-5
+    ids = case.topk_ids.clone()
+    ids[0, 1] = 5
+    out = triton_out(case, gemv_tiles(block_m, split, split), ids=ids)
+    kept = case.topk_weights.clone()
+    kept[0, 1] = 0.0
+    expected = reference(case, ids=ids.clamp(max=4), topk_weights=kept).double()
+    assert relative_error(out, expected) <= 1e-5

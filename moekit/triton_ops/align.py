@@ -10,7 +10,8 @@ the shapes (never on the ids), so the whole thing replays in a CUDA graph:
 Pairs whose id lies outside [0, E) are left out: they reach no GEMM and contribute nothing.
 
 Two paths: one program does everything when the batch is small (decode: one launch), and three
-launches (count, offsets, scatter) when it is large.
+launches (count, offsets, scatter) when it is large. A single token needs none (``pairs_in_place``):
+its k pairs have k distinct experts, so block m can hold pair m alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ class AlignedPairs:
     block_expert: torch.Tensor  # [rows / block_m] int32: the expert of each block (valid below num_rows)
     num_rows: torch.Tensor  # [1] int32: padded rows in use; blocks at or past it are idle
     block_m: int
+    # In place (one token): block m holds pair m in its first row, the rest padding; block_expert is
+    # the ids themselves (the kernels skip a block whose id is out of range), the other two unused.
+    in_place: bool = False
+
+    @property
+    def rows(self) -> int:
+        """Padded rows (the GEMMs' M extent): blocks x block_m."""
+        return self.block_expert.numel() * self.block_m if self.in_place else self.sorted_pairs.numel()
 
 
 def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
@@ -97,6 +106,12 @@ def _scatter(ids_ptr, rank_ptr, starts_ptr, sorted_ptr, block_expert_ptr, num_pa
     row = tl.load(starts_ptr + ids, mask=valid, other=0) + tl.load(rank_ptr + pairs, mask=valid, other=0)
     tl.store(sorted_ptr + row, pairs, mask=valid)
     tl.store(block_expert_ptr + row // BLOCK_M, ids, mask=valid & (row % BLOCK_M == 0))
+
+
+def pairs_in_place(topk_ids: torch.Tensor, block_m: int) -> AlignedPairs:
+    """One token's pairs as blocks of their own, with no launch (see the module docstring)."""
+    ids = topk_ids.reshape(-1)
+    return AlignedPairs(ids, ids, ids, block_m, in_place=True)
 
 
 def align_pairs_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int,

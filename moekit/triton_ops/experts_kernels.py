@@ -20,7 +20,7 @@ import triton.language as tl
 
 from moekit.activations import Activation, ActivationKind, GateUpLayout
 from moekit.quant.spec import QuantSpec
-from moekit.triton_ops.align import AlignedPairs, align_pairs_by_expert
+from moekit.triton_ops.align import AlignedPairs, align_pairs_by_expert, pairs_in_place
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, ExpertsTiles, GemmTiles
 
@@ -40,12 +40,27 @@ def _tile_ids(NUM_BLOCKS_M, num_blocks_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M: tl.constexpr):
-    """The block's expert, its aligned rows, the pair in each row and whether it is real (not padding)."""
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+def _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M: tl.constexpr, IN_PLACE: tl.constexpr):
+    """The block's expert, or -1 for a block with nothing to do (past the rows in use; in place: an
+    out-of-range id)."""
+    if IN_PLACE:
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        return tl.where((expert >= 0) & (expert < num_experts), expert, -1)
+    else:
+        # (an idle block's entry is never written: read, then dropped)
+        return tl.where(pid_m * BLOCK_M >= tl.load(num_rows_ptr), -1, tl.load(block_expert_ptr + pid_m).to(tl.int64))
+
+
+@triton.jit
+def _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M: tl.constexpr, IN_PLACE: tl.constexpr):
+    """The block's aligned rows, the pair in each row and whether it is real (not padding). In place
+    (align.pairs_in_place) block m holds pair m in its first row."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(sorted_ptr + rows)
-    return expert, rows, pairs, pairs < num_pairs
+    if IN_PLACE:
+        pairs = tl.where(tl.arange(0, BLOCK_M) == 0, pid_m, num_pairs)
+    else:
+        pairs = tl.load(sorted_ptr + rows)
+    return rows, pairs, pairs < num_pairs
 
 
 @triton.jit
@@ -89,17 +104,19 @@ def _weight_tile(ptrs, desc, row, k, k_ok, col_ok, USE_TMA: tl.constexpr, EVEN_K
 @triton.jit
 def _gemm1_activation(
     x_ptr, w_ptr, w_desc, bias_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, top_k, K, I, NUM_BLOCKS_M,
+    num_pairs, top_k, num_experts, K, I, NUM_BLOCKS_M,
     stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
     alpha, limit,
     ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    IN_PLACE: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M, IN_PLACE)
+    if expert < 0:
         return
-    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, IN_PLACE)
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
@@ -142,15 +159,17 @@ def _gemm1_activation(
 @triton.jit
 def _gemm2_weighted(
     a_ptr, w_ptr, w_desc, bias_ptr, weight_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, N, K, NUM_BLOCKS_M,
+    num_pairs, num_experts, N, K, NUM_BLOCKS_M,
     stride_am, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    IN_PLACE: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M, IN_PLACE)
+    if expert < 0:
         return
-    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, IN_PLACE)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)
@@ -224,7 +243,11 @@ def fused_experts(
         raise ValueError(f"split_k > 1 ({tiles}) is for the decode GEMV only: weight-only quantized weights "
                          "with block_m 1, 2 or 4")
     topk_ids = topk_ids.contiguous()
-    aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
+    if num_tokens == 1 and (quant is None or tiles.block_m <= GEMV_MAX_BLOCK_M):
+        # one token: no alignment launch (align.pairs_in_place); quantized tensor-core kernels still align
+        aligned = pairs_in_place(topk_ids, tiles.block_m)
+    else:
+        aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
     activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1,
                              quant=quant, a_scale=a13_scale)
     parts = tiles.gemm2.split_k
@@ -253,7 +276,7 @@ def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation
         from moekit.triton_ops.quant_gemm import launch_gemm1_quant
 
         return launch_gemm1_quant(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, g, quant, a_scale)
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden, inter = x.shape[1], w13.shape[1] // 2 if activation.gated else w13.shape[1]
     if activated is None:
         activated = torch.empty(rows, inter, dtype=x.dtype, device=x.device)
@@ -261,14 +284,14 @@ def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation
     desc = _weight_descriptor(w13, g) if gate_up_layout is GateUpLayout.CONCATENATED else None
     LAST_COMPILED["gemm1"] = launch(
         _gemm1_activation, (rows // block_m * cdiv(inter, g.block_n),),
-        (x, w13, desc if desc is not None else w13, bias, activated, aligned.sorted_pairs, aligned.block_expert, aligned.num_rows,
-         x.shape[0] * top_k, top_k, hidden, inter, rows // block_m,
+        (x, w13, desc if desc is not None else w13, bias, activated, aligned.sorted_pairs, aligned.block_expert,
+         aligned.num_rows, x.shape[0] * top_k, top_k, w13.shape[0], hidden, inter, rows // block_m,
          x.stride(0), x.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
          bias.stride(0), bias.stride(-1), activated.stride(0), activation.alpha, activation.limit),
         dict(ACT=ACT_CODE[activation.kind], GATED=activation.gated,
              INTERLEAVED=gate_up_layout is GateUpLayout.INTERLEAVED, HAS_BIAS=w13_bias is not None,
              EVEN_K=hidden % g.block_k == 0, DOT_PRECISION=_precision(x.dtype), USE_TMA=desc is not None,
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m, IN_PLACE=aligned.in_place),
         g.num_warps, g.num_stages)
     return activated
 
@@ -281,18 +304,19 @@ def launch_gemm2(activated, w2, w2_bias, topk_weights, aligned: AlignedPairs, ou
         from moekit.triton_ops.quant_gemm import launch_gemm2_quant
 
         return launch_gemm2_quant(activated, w2, w2_bias, topk_weights, aligned, out_rows, g, quant, a_scale)
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden, inter = w2.shape[1], w2.shape[2]
     bias = w2_bias if w2_bias is not None else w2
     desc = _weight_descriptor(w2, g)
     LAST_COMPILED["gemm2"] = launch(
         _gemm2_weighted, (rows // block_m * cdiv(hidden, g.block_n),),
         (activated, w2, desc if desc is not None else w2, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs, aligned.block_expert,
-         aligned.num_rows, topk_weights.numel(), hidden, inter, rows // block_m,
+         aligned.num_rows, topk_weights.numel(), w2.shape[0], hidden, inter, rows // block_m,
          activated.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), bias.stride(0), bias.stride(-1),
          out_rows.stride(0)),
         dict(HAS_BIAS=w2_bias is not None, EVEN_K=inter % g.block_k == 0, DOT_PRECISION=_precision(activated.dtype),
-             USE_TMA=desc is not None, BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m),
+             USE_TMA=desc is not None, BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=g.block_k, GROUP_M=g.group_m,
+             IN_PLACE=aligned.in_place),
         g.num_warps, g.num_stages)
     return out_rows
 

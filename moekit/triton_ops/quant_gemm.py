@@ -102,7 +102,8 @@ def _gemm1_quant(
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
-    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, False)
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
@@ -187,7 +188,8 @@ def _gemm2_quant(
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
         return
-    expert, rows, pairs, row_ok = _row_block(sorted_ptr, block_expert_ptr, pid_m, num_pairs, BLOCK_M)
+    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+    rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, False)
     arows = rows.to(tl.int64)  # the input is stored by aligned row (padding rows finite, never stored)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -302,7 +304,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     x_codes, x_scale = (_bytes(x.codes), x.scale) if w8a8 else (x, x)
     if x_codes.stride(1) != 1:
         x_codes = x_codes.contiguous()
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden = x_codes.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
     block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None)
@@ -351,7 +353,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
                                   RowMap(aligned.sorted_pairs, aligned.num_rows, topk_weights.numel()), amax=amax)
     a, a_scale_t = (_bytes(activated.codes), activated.scale) if isinstance(activated, QuantizedRows) \
         else (activated, activated)
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden = w2.data.shape[1]
     inter = a.shape[1]
     block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None)

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from moekit.quant.spec import QuantizedMatrix, QuantSpec, WeightFormat
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
-from moekit.triton_ops.experts_kernels import ACT_CODE, _activate, gate_up_rows
+from moekit.triton_ops.experts_kernels import ACT_CODE, _activate, _block_expert, gate_up_rows
 from moekit.triton_ops.quant_formats import e8m0_values
 
 INT8_FLIP = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as int32: q ^ 0x80 = q + 128 for each byte
@@ -390,18 +390,25 @@ def _program(NUM_BLOCKS_N, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _block_row(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs):
-    """Row M of the block (row 0 again past the block): aligned row, pair, whether real."""
+def _block_row(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, IN_PLACE: tl.constexpr):
+    """Row M of the block (row 0 again past the block): aligned row, pair, whether real. In place
+    (align.pairs_in_place) block m holds pair m in its first row."""
     row = pid_m * BLOCK_M + (M if M < BLOCK_M else 0)
-    pair = tl.load(sorted_ptr + row)
+    if IN_PLACE:
+        if M == 0 or M >= BLOCK_M:
+            pair = pid_m
+        else:
+            pair = pid_m * 0 + num_pairs
+    else:
+        pair = tl.load(sorted_ptr + row)
     return row.to(tl.int64), pair, pair < num_pairs
 
 
 @triton.jit
-def _token(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, top_k):
+def _token(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, top_k, IN_PLACE: tl.constexpr):
     """Row M's token, or token 0 for a padding row (never stored by gemm2): no masks on the
     activations."""
-    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs)
+    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs, IN_PLACE)
     return tl.where(real, pair // top_k, 0).to(tl.int64)
 
 
@@ -428,29 +435,30 @@ def _row_factor(s_base, gs_ptr, rows, col_ok, stride_sn, SFMT: tl.constexpr, GRO
 def _gemv_gemm1(
     a_ptr, w_ptr, ws_ptr, wz_ptr, wgs_ptr, bias_ptr, out_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, top_k, K, I, NUM_BLOCKS_N,
+    num_pairs, top_k, num_experts, K, I, NUM_BLOCKS_N,
     stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_om,
     alpha, limit,
     ACT: tl.constexpr, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr,
 ):
     """gate/up GEMV of one block of rows (tokens' operand rows) and BLOCK_N output columns, the
     activation, and gemm2's operand written for the block's aligned rows. With SPLIT > 1 each
     program takes a part of K and writes its partial gate/up sums (part[split, row, gate|up, col],
     fp32) for _gemv_gemm1_finish."""
     split, pid_m, pid_n = _program(NUM_BLOCKS_N, SPLIT)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M, IN_PLACE)
+    if expert < 0:
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
     gate_rows, up_rows = gate_up_rows(cols, I, INTERLEAVED)
     g0, u0, g1, u1, g2, u2, g3, u3 = gemv_mainloop(
-        a_ptr, _token(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, top_k),
-        _token(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, top_k), _token(sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, top_k),
-        _token(sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, top_k), stride_am, K, split, w_ptr + expert * stride_we,
+        a_ptr, _token(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, top_k, IN_PLACE),
+        _token(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, top_k, IN_PLACE),
+        _token(sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, top_k, IN_PLACE),
+        _token(sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, top_k, IN_PLACE), stride_am, K, split, w_ptr + expert * stride_we,
         ws_ptr + expert * stride_se, wz_ptr + expert * stride_se, gate_rows, up_rows, col_ok, stride_wn, stride_sn,
         stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
     row0 = (pid_m * BLOCK_M).to(tl.int64)
@@ -488,16 +496,16 @@ def _summed_parts(part_ptr, ROWS, row, I, cols, col_ok, SPLIT: tl.constexpr):
 
 @triton.jit
 def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_expert_ptr, num_rows_ptr,
-                       I, ROWS, NUM_BLOCKS_N, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                       num_experts, I, ROWS, NUM_BLOCKS_N, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
                        ACT: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr,
                        SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr):
+                       BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr):
     """gemm1's epilogue after a split K: the parts summed, then as unsplit."""
     pid_m = tl.program_id(0) // NUM_BLOCKS_N
     pid_n = tl.program_id(0) % NUM_BLOCKS_N
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M, IN_PLACE)
+    if expert < 0:
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     row0 = (pid_m * BLOCK_M).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < I
@@ -550,19 +558,19 @@ def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1
 def _gemv_gemm2(
     a_ptr, w_ptr, ws_ptr, wz_ptr, wgs_ptr, bias_ptr, weight_ptr, out_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, N, K, NUM_BLOCKS_N,
+    num_pairs, num_experts, N, K, NUM_BLOCKS_N,
     stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_om,
     HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr,
 ):
     """The activated operand rows of one block @ BLOCK_N rows of w2, the bias and the routing weight,
     written per pair: at row pair * SPLIT + split of out (fp32) with SPLIT > 1 (the bias in part 0),
     the pairs' parts then summed with the top-k slots by _sum_over_topk."""
     split, pid_m, pid_n = _program(NUM_BLOCKS_N, SPLIT)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, num_experts, BLOCK_M, IN_PLACE)
+    if expert < 0:
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     row0 = (pid_m * BLOCK_M).to(tl.int64)  # (the operand is stored by aligned row: padding rows finite)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -578,23 +586,23 @@ def _gemv_gemm2(
     else:
         bias = tl.zeros_like(f)
     _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, y0 * f + bias, cols, col_ok,
-                stride_om, SPLIT, split)
+                stride_om, SPLIT, split, IN_PLACE)
     if BLOCK_M >= 2:
         _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, y1 * f + bias, cols, col_ok,
-                    stride_om, SPLIT, split)
+                    stride_om, SPLIT, split, IN_PLACE)
     if BLOCK_M == 4:
         _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, y2 * f + bias, cols, col_ok,
-                    stride_om, SPLIT, split)
+                    stride_om, SPLIT, split, IN_PLACE)
         _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, y3 * f + bias, cols, col_ok,
-                    stride_om, SPLIT, split)
+                    stride_om, SPLIT, split, IN_PLACE)
 
 
 @triton.jit
 def _store_pair(out_ptr, weight_ptr, sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs, y, cols,
-                col_ok, stride_om, SPLIT: tl.constexpr, split):
+                col_ok, stride_om, SPLIT: tl.constexpr, split, IN_PLACE: tl.constexpr):
     """Row M's pair (if real) times its routing weight, or its part ``split`` of K (masks as tensors:
     the interpreter refuses scalars)."""
-    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs)
+    _row, pair, real = _block_row(sorted_ptr, pid_m, M, BLOCK_M, num_pairs, IN_PLACE)
     ok = col_ok & ((cols * 0 + real.to(tl.int32)) > 0)
     w = tl.load(weight_ptr + pair + cols * 0, mask=ok, other=0.0)
     row = pair.to(tl.int64) * SPLIT + split
@@ -629,7 +637,7 @@ def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, ac
     """gemm1 for decode-sized blocks (block_m 1 or 2): x [T, H] -> gemm2's operand [rows, I]. ``g``:
     the GemmTiles (block_n rows of w13 per program, block_k codes per step, split_k parts of K)."""
     op = prepare_operand(x, spec)
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden = x.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
     out = torch.empty(rows, operand_columns(spec, inter), dtype=torch.float32, device=x.device)
@@ -643,15 +651,16 @@ def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, ac
     ce = _constexprs(spec, w13, block_m, g.block_n, g.block_k, inter, hidden)
     launch(_gemv_gemm1, (rows // block_m * blocks_n * split,),
            (op.values, words, scale, zero, gscale, bias, part, aligned.sorted_pairs, aligned.block_expert,
-            aligned.num_rows, x.shape[0] * top_k, top_k, hidden, inter, blocks_n,
+            aligned.num_rows, x.shape[0] * top_k, top_k, w13.data.shape[0], hidden, inter, blocks_n,
             op.values.stride(0), words.stride(0), words.stride(1), *strides, activation.alpha, activation.limit),
-           dict(**epilogue, GATED=activation.gated, **ce, SPLIT=split), g.num_warps, 1)
+           dict(**epilogue, GATED=activation.gated, **ce, SPLIT=split, IN_PLACE=aligned.in_place), g.num_warps, 1)
     if split > 1:
         launch(_gemv_gemm1_finish, (rows // block_m * blocks_n,),
-               (part, scale, gscale, bias, out, aligned.block_expert, aligned.num_rows, inter, rows, blocks_n,
+               (part, scale, gscale, bias, out, aligned.block_expert, aligned.num_rows, w13.data.shape[0], inter, rows,
+                blocks_n,
                 strides[0], strides[1], *strides[3:], activation.alpha, activation.limit),
                dict(**epilogue, WFMT=ce["WFMT"], SFMT=ce["SFMT"], GROUP_K=ce["GROUP_K"], HAS_GLOBAL=ce["HAS_GLOBAL"],
-                    BLOCK_M=block_m, BLOCK_N=g.block_n, WPS=ce["WPS"], SPLIT=split), 4, 1)
+                    BLOCK_M=block_m, BLOCK_N=g.block_n, WPS=ce["WPS"], SPLIT=split, IN_PLACE=aligned.in_place), 4, 1)
     return GemvOperand(out, inter)
 
 
@@ -660,18 +669,18 @@ def launch_gemv_gemm2(op: GemvOperand, w2: QuantizedMatrix, w2_bias, topk_weight
     """gemm2 for decode-sized blocks: gemm1's operand @ w2 -> out_rows[pair] (routing weight applied);
     with g.split_k > 1, out_rows (fp32) has split_k rows per pair, one per part of K
     (experts_kernels.fused_experts sums them with the top-k slots)."""
-    rows, block_m = aligned.sorted_pairs.numel(), aligned.block_m
+    rows, block_m = aligned.rows, aligned.block_m
     hidden = w2.data.shape[1]
     words, scale, zero, gscale = _matrix_args(w2)
     bias = w2_bias if w2_bias is not None else scale
     blocks_n = cdiv(hidden, g.block_n)
     launch(_gemv_gemm2, (rows // block_m * blocks_n * g.split_k,),
            (op.values, words, scale, zero, gscale, bias, topk_weights.reshape(-1), out_rows, aligned.sorted_pairs,
-            aligned.block_expert, aligned.num_rows, topk_weights.numel(), hidden, op.k, blocks_n,
+            aligned.block_expert, aligned.num_rows, topk_weights.numel(), w2.data.shape[0], hidden, op.k, blocks_n,
             op.values.stride(0), words.stride(0), words.stride(1), scale.stride(0), scale.stride(1), scale.stride(2),
             bias.stride(0), bias.stride(-1), out_rows.stride(0)),
            dict(HAS_BIAS=w2_bias is not None, **_constexprs(spec, w2, block_m, g.block_n, g.block_k, hidden, op.k),
-                SPLIT=g.split_k),
+                SPLIT=g.split_k, IN_PLACE=aligned.in_place),
            g.num_warps, 1)
     return out_rows
 
