@@ -695,9 +695,9 @@ GEMV_TARGET_PROGRAMS = 1024  # below this gemm2 splits K (H200: 132 SMs, ~8 prog
 def decode_gemv_tiles(spec: QuantSpec, num_experts: int, top_k: int, hidden: int, inter: int, num_tokens: int):
     """Default tiles of the decode GEMV for this problem, or None where it does not apply: gemm1 16
     rows of w13 per program (2 per thread; 32 was 0-6% slower at the four shapes, and 255
-    registers where K is masked), gemm2 32 (4 per thread); steps of 512 codes (256 where that
-    divides K and 512 does not); gemm2's K split in parts of at least 4 steps while fewer than
-    GEMV_TARGET_PROGRAMS programs would run (Mixtral-8x7B at 1 token: 4 parts); weights
+    registers where K is masked), gemm2 32 (4 per thread); steps of 256 bytes of each row
+    (_step_codes); gemm2's K split in parts of at least 4 steps while fewer than GEMV_TARGET_PROGRAMS
+    programs would run (Mixtral-8x7B at 1 token: 4 parts); weights
     double-buffered in registers (num_stages 1: Triton's cp.async pipeline measured 1.5-3x slower).
     From H200 sweeps over the four benchmark shapes."""
     from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
@@ -705,7 +705,7 @@ def decode_gemv_tiles(spec: QuantSpec, num_experts: int, top_k: int, hidden: int
     if not gemv_supports_scheme(spec, hidden, inter) or num_tokens * top_k > num_experts * GEMV_MAX_ROWS_PER_EXPERT:
         return None
     blocks = min(num_experts, num_tokens * top_k)
-    step1, step2 = _step_codes(hidden), _step_codes(inter)
+    step1, step2 = _step_codes(hidden, spec.weight), _step_codes(inter, spec.weight)
     programs = blocks * cdiv(hidden, 32)
     split = 1
     while programs * split < GEMV_TARGET_PROGRAMS and cdiv(inter, step2) // (2 * split) >= 4:
@@ -713,5 +713,8 @@ def decode_gemv_tiles(spec: QuantSpec, num_experts: int, top_k: int, hidden: int
     return ExpertsTiles(1, GemmTiles(16, step1, 1, 4, 1), GemmTiles(32, step2, 1, 4, 1, split_k=split))
 
 
-def _step_codes(k: int) -> int:
-    return 256 if k % 512 and not k % 256 else 512
+def _step_codes(k: int, weight: WeightFormat) -> int:
+    """Codes per step: 256 bytes of a row. int8 steps of 512 codes (the 4-bit step) took 154-162
+    registers and ran 1.1-1.4x slower than steps of 256 (H200, four shapes, 1 and 16 tokens)."""
+    step = 512 if weight.packed else 256
+    return step // 2 if k % step and not k % (step // 2) else step
