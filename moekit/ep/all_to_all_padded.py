@@ -55,8 +55,9 @@ class PaddedAllToAllPrepareFinalize:
             x, scale_bits = fp8_dispatch.encode(x)
             extra = [torch.zeros(world, cap, 1, dtype=torch.int32, device=x.device)]
             extra[0][:, :num_tokens] = scale_bits.unsqueeze(0)
-        rows = x.new_zeros(world, cap, hidden)
+        rows = x.new_empty(world, cap, hidden)
         rows[:, :num_tokens] = x.unsqueeze(0)
+        rows[:, num_tokens:] = 0  # (rows past the tokens carry no expert, but stay finite)
         meta = torch.cat([ids, weights.view(torch.int32), *extra], dim=2).reshape(world * cap, -1)
         splits = [cap] * world
         return exchange_rows(self.comm, rows.reshape(world * cap, hidden), meta, splits, splits, top_k, dtype,
@@ -67,5 +68,9 @@ class PaddedAllToAllPrepareFinalize:
         back = torch.empty_like(expert_out)
         splits = [cap] * world
         self.comm.all_to_all(back, expert_out.contiguous(), splits, splits, "combine of expert outputs")
-        out = back.reshape(world, cap, -1)[:, : prepared.plan.num_tokens].float().sum(0)
-        return add_shared(out, shared_out, out_dtype)
+        back = back.reshape(world, cap, -1)
+        if back.is_cuda:  # one pass (triton_ops/rank_combine.py), the same sums
+            from moekit.triton_ops.rank_combine import sum_rank_blocks
+
+            return sum_rank_blocks(back, prepared.plan.num_tokens, shared_out, out_dtype)
+        return add_shared(back[:, : prepared.plan.num_tokens].float().sum(0), shared_out, out_dtype)
