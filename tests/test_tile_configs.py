@@ -74,3 +74,9 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     assert "tiles on" not in str(layer.explain())
     shown = str(dataclasses.replace(layer.explain(), tiles_key=key))
     assert "tiles on NVIDIA H200:" in shown and plan[0] in shown
+
+
+def test_small_row_blocks_try_grouping_an_experts_blocks():
+    # group_m 16: an expert spanning several row blocks re-reads its weight tile from L2
+    for block_m in (16, 32, 64):
+        assert {t.group_m for t in gemm_candidates(block_m, True)} >= {16}

@@ -39,10 +39,12 @@ def gemm_candidates(block_m: int, gated: bool, elem_bytes: int = 2, quant: Quant
     activations' element size (the weights' too unless ``quant`` is given)."""
     if quant is not None:
         return quantized_gemm_candidates(block_m, gated, elem_bytes, quant)
+    # group_m 16: an expert past one row block (skewed routing, e.g. DeepSeek-V3's) reads its weight
+    # tile again from L2 while the neighbouring blocks run (H200, 256 tokens: gemm1 6-8% faster)
     if block_m <= 32:  # decode: stream weights, deep pipelines, N narrow enough to fill every SM
-        space = itertools.product([16, 32, 64], [128, 256, 512], [1], [2, 4], [4, 6], [False])
+        space = itertools.product([16, 32, 64], [128, 256, 512], [1, 16], [2, 4], [4, 6], [False])
     elif block_m == 64:
-        space = itertools.product([64, 128], [64, 128], [8], [4, 8], [3, 4], [False, True])
+        space = itertools.product([64, 128], [64, 128], [8, 16], [4, 8], [3, 4], [False, True])
     else:  # prefill: compute bound, big tiles; weights by TMA or by pointers
         space = itertools.product([64, 128, 256], [64, 128], [8], [4, 8], [3, 4], [False, True])
     return _fitting([GemmTiles(*values) for values in space], block_m, gated, elem_bytes, elem_bytes)
