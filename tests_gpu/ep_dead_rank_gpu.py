@@ -5,8 +5,8 @@ group's timeout, not a hang (two GPUs, no torchrun: this script starts the two r
 
 Both ranks run one forward; then rank 1 exits quietly (status 0, as a rank whose host died would
 send no word) while rank 0 runs the next forward. NCCL's watchdog (``init_process_group(timeout=)``)
-must end rank 0 with an error naming the timeout within the timeout plus a margin. Exit 1 if rank 0
-hangs past that, ends without an error, or its log does not say why."""
+must end rank 0 with an error (its log naming the timeout or the watchdog) within the timeout plus
+a margin. Exit 1 if rank 0 hangs past that, ends without an error, or its log does not say why."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main() -> int:
     ok = not hung and procs[0].exitcode != 0 and named and "without an error" not in log0
     print(f"{'PASS' if ok else 'FAIL'}: rank 0 {'hung' if hung else f'exited with {procs[0].exitcode}'} "
           f"{elapsed:.0f} s after start (timeout {TIMEOUT_S} s); its log {'names' if named else 'does not name'} "
-          "the timeout")
+          "the timeout or the watchdog")
     return 0 if ok else 1
 
 
