@@ -11,21 +11,13 @@ exits 1 if any relative error exceeds 1e-2."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
 from moekit.ep.placement import ExpertPlacement
-
-
-def rel(a, b) -> float:
-    if b.numel() == 0:
-        return 0.0 if a.numel() == 0 else float("inf")
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+from ep_harness import rel, run
 
 
 def check_preset(name: str, device) -> list[tuple[str, float]]:
@@ -64,27 +56,10 @@ def check_preset(name: str, device) -> list[tuple[str, float]]:
     return results
 
 
-def main() -> int:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl")
-    device = torch.device("cuda", local)
-    mine = []
-    for name in sys.argv[1:] or ["qwen3-30b-a3b", "deepseek-v3"]:
-        mine += check_preset(name, device)
-        torch.cuda.empty_cache()
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    failed = False
-    if dist.get_rank() == 0:
-        for i, (label, _) in enumerate(mine):
-            worst = max(r[i][1] for r in everyone)
-            failed |= not worst <= 1e-2
-            print(f"{'PASS' if worst <= 1e-2 else 'FAIL'}  {worst:.2e}  {label}")
-    dist.barrier()
-    dist.destroy_process_group()
-    return 1 if failed else 0
+def judge(per_rank) -> tuple[bool, str]:
+    worst = max(r[0] for r in per_rank)
+    return worst <= 1e-2, f"{worst:.2e}"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(check_preset, judge, ["qwen3-30b-a3b", "deepseek-v3"]))

@@ -10,18 +10,12 @@ single-device layer (within 1e-2). Rank 0 prints one line per check and exits 1 
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
-
-
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+from ep_harness import rel, run
 
 
 def check(name: str, device) -> list[tuple[str, float, float]]:
@@ -57,29 +51,10 @@ def check(name: str, device) -> list[tuple[str, float, float]]:
     return results
 
 
-def main() -> int:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl")
-    device = torch.device("cuda", local)
-    mine = []
-    for name in sys.argv[1:] or ["deepseek-v3", "qwen3-30b-a3b"]:
-        mine += check(name, device)
-        torch.cuda.empty_cache()
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    failed = False
-    if dist.get_rank() == 0:
-        for i, (label, _, _) in enumerate(mine):
-            vs_eager = max(r[i][1] for r in everyone)
-            vs_single = max(r[i][2] for r in everyone)
-            ok = vs_eager <= 1e-3 and vs_single <= 1e-2
-            failed |= not ok
-            print(f"{'PASS' if ok else 'FAIL'}  replay vs eager {vs_eager:.1e}, vs single-device {vs_single:.2e}  {label}")
-    dist.barrier()
-    dist.destroy_process_group()
-    return 1 if failed else 0
+def judge(per_rank) -> tuple[bool, str]:
+    vs_eager, vs_single = max(r[0] for r in per_rank), max(r[1] for r in per_rank)
+    return vs_eager <= 1e-3 and vs_single <= 1e-2, f"replay vs eager {vs_eager:.1e}, vs single-device {vs_single:.2e}"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(check, judge, ["deepseek-v3", "qwen3-30b-a3b"]))
