@@ -78,7 +78,8 @@ def test_default_tiles_pick_the_gemv_for_about_a_row_per_expert():
     assert mixtral_1.gemm2.split_k == 4  # 2 experts x 128 tiles of 32 rows: too few programs unsplit
     assert gemv.decode_gemv_tiles(METHODS["fp8-per-channel"].spec, 128, 8, 2048, 768, 1) is None  # w8a8
     w8 = gemv.decode_gemv_tiles(METHODS["w8a16-ch"].spec, 128, 8, 2048, 768, 1)  # int8: the same 256 bytes a step
-    assert (w8.gemm1.block_k, w8.gemm2.block_k) == (256, 256) and (decode.gemm1.block_k, mixtral_1.gemm2.block_k) == (512, 512)
+    assert (w8.gemm1.block_k, w8.gemm2.block_k) == (256, 256)
+    assert (decode.gemm1.block_k, mixtral_1.gemm2.block_k) == (512, 512)
 
 
 def test_split_k_outside_the_gemv_is_refused():

@@ -458,9 +458,10 @@ def _gemv_gemm1(
         a_ptr, _token(sorted_ptr, pid_m, 0, BLOCK_M, num_pairs, top_k, IN_PLACE),
         _token(sorted_ptr, pid_m, 1, BLOCK_M, num_pairs, top_k, IN_PLACE),
         _token(sorted_ptr, pid_m, 2, BLOCK_M, num_pairs, top_k, IN_PLACE),
-        _token(sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, top_k, IN_PLACE), stride_am, K, split, w_ptr + expert * stride_we,
-        ws_ptr + expert * stride_se, wz_ptr + expert * stride_se, gate_rows, up_rows, col_ok, stride_wn, stride_sn,
-        stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K, EVEN_N)
+        _token(sorted_ptr, pid_m, 3, BLOCK_M, num_pairs, top_k, IN_PLACE), stride_am, K, split,
+        w_ptr + expert * stride_we, ws_ptr + expert * stride_se, wz_ptr + expert * stride_se, gate_rows, up_rows,
+        col_ok, stride_wn, stride_sn, stride_sk, SPLIT, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, BLOCK_M, G, WPS, EVEN_K,
+        EVEN_N)
     row0 = (pid_m * BLOCK_M).to(tl.int64)
     if SPLIT > 1:  # part[split] holds [rows, gate|up, I]; rows = the grid's row blocks * BLOCK_M
         part = out_ptr + split.to(tl.int64) * (tl.num_programs(0) // SPLIT // NUM_BLOCKS_N * BLOCK_M) * 2 * I
@@ -496,7 +497,8 @@ def _summed_parts(part_ptr, ROWS, row, I, cols, col_ok, SPLIT: tl.constexpr):
 
 @triton.jit
 def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_expert_ptr, num_rows_ptr,
-                       num_experts, I, ROWS, NUM_BLOCKS_N, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
+                       num_experts, I, ROWS, NUM_BLOCKS_N, stride_se, stride_sn, stride_be, stride_bn, stride_om,
+                       alpha, limit,
                        ACT: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr,
                        SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr):
