@@ -43,25 +43,39 @@ class PaddedAllToAllPrepareFinalize:
                              f"max_tokens_per_rank={self.capacity}")
         x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
         world, cap, hidden = self.comm.world_size, self.capacity, x.shape[1]
-        routes = route_pairs(topk_ids, self.tables)
-        dest = torch.arange(world, device=x.device).view(world, 1, 1)
-        mine = routes.rank.unsqueeze(0) == dest  # [W, T, k]: pairs served by each destination
-        ids = torch.full((world, cap, top_k), -1, dtype=torch.int32, device=x.device)
-        ids[:, :num_tokens] = torch.where(mine, routes.local.unsqueeze(0), -1).to(torch.int32)
-        weights = torch.zeros(world, cap, top_k, dtype=torch.float32, device=x.device)
-        weights[:, :num_tokens] = torch.where(mine, topk_weights.float().unsqueeze(0), 0.0)
-        extra, dtype = [], x.dtype
+        meta = self.messages(topk_ids, topk_weights, extra_columns=1 if self.fp8_dispatch else 0)
+        dtype = x.dtype
         if self.fp8_dispatch:
             x, scale_bits = fp8_dispatch.encode(x)
-            extra = [torch.zeros(world, cap, 1, dtype=torch.int32, device=x.device)]
-            extra[0][:, :num_tokens] = scale_bits.unsqueeze(0)
+            meta[:, :num_tokens, 2 * top_k:] = scale_bits.unsqueeze(0)
+            meta[:, num_tokens:, 2 * top_k:] = 0
         rows = x.new_empty(world, cap, hidden)
         rows[:, :num_tokens] = x.unsqueeze(0)
         rows[:, num_tokens:] = 0  # (rows past the tokens carry no expert, but stay finite)
-        meta = torch.cat([ids, weights.view(torch.int32), *extra], dim=2).reshape(world * cap, -1)
+        meta = meta.reshape(world * cap, -1)
         splits = [cap] * world
         return exchange_rows(self.comm, rows.reshape(world * cap, hidden), meta, splits, splits, top_k, dtype,
                              self.fp8_dispatch, overlap, PaddedPlan(num_tokens))
+
+    def messages(self, topk_ids, topk_weights, extra_columns: int = 0) -> torch.Tensor:
+        """[W, capacity, 2k + extra_columns] int32: for each destination's row t, token t's expert ids
+        local to that rank (-1: served elsewhere, or no token) and its weights as bits (0 where -1).
+        On GPUs one Triton launch (triton_ops/dispatch_meta.py), elsewhere the same in PyTorch."""
+        world, cap = self.comm.world_size, self.capacity
+        if topk_ids.is_cuda:
+            from moekit.triton_ops.dispatch_meta import dispatch_meta
+
+            return dispatch_meta(topk_ids, topk_weights, self.tables, world, cap, extra_columns)
+        num_tokens, top_k = topk_ids.shape
+        routes = route_pairs(topk_ids, self.tables)
+        dest = torch.arange(world, device=topk_ids.device).view(world, 1, 1)
+        mine = routes.rank.unsqueeze(0) == dest  # [W, T, k]: pairs served by each destination
+        meta = torch.zeros(world, cap, 2 * top_k + extra_columns, dtype=torch.int32, device=topk_ids.device)
+        meta[:, :, :top_k] = -1
+        meta[:, :num_tokens, :top_k] = torch.where(mine, routes.local.unsqueeze(0), -1).to(torch.int32)
+        weights = torch.where(mine, topk_weights.float().unsqueeze(0), 0.0)
+        meta[:, :num_tokens, top_k:2 * top_k] = weights.view(torch.int32)
+        return meta
 
     def finalize(self, expert_out, shared_out, out_dtype, prepared: PreparedTokens) -> torch.Tensor:
         world, cap = self.comm.world_size, self.capacity
