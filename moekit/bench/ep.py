@@ -39,10 +39,14 @@ def _median_ms(fn, iters: int) -> float:
 
 
 def _dispatch_combine(pf, x, w, ids):
-    """One dispatch + combine through ``pf``, the dispatched rows standing in for the experts' output."""
+    """One dispatch + combine through ``pf``. The experts' output is a stand-in: a contiguous buffer
+    with as many rows as were dispatched (the received rows themselves may be a strided view, which
+    the experts read in place but finalize would copy)."""
+    standin = torch.randn(pf.comm.world_size * x.shape[0], x.shape[1], device=x.device, dtype=x.dtype)
+
     def step():
         prepared = pf.prepare(x, w, ids, False)
-        pf.finalize(prepared.x, None, x.dtype, prepared)
+        pf.finalize(standin[: prepared.x.shape[0]], None, x.dtype, prepared)
     return step
 
 
@@ -95,6 +99,10 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                 row[f"{comm}_ms"] = _median_ms(step, iters)
                 if comm == "fixed":  # no host sync: the dispatch + combine replay as one CUDA graph
                     row["fixed_graph_ms"] = _graph_ms(step, iters, row, "fixed_graph")
+                    two = _dispatch_combine(PaddedAllToAllPrepareFinalize(
+                        layer.placement, layer._comm, device, capacity=t, pack_rows=False), x, w, ids)
+                    two()
+                    row["fixed_unpacked_graph_ms"] = _graph_ms(two, iters, row, "fixed_unpacked_graph")
                     step8 = _dispatch_combine(PaddedAllToAllPrepareFinalize(
                         layer.placement, layer._comm, device, capacity=t, fp8_dispatch=True), x, w, ids)
                     step8()
@@ -111,6 +119,7 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                         dist.all_to_all_single(back, recv, plan.send_counts, plan.recv_counts)
                     floor()
                     row["floor_ms"] = _median_ms(floor, iters)
+                    row["floor_graph_ms"] = _graph_ms(floor, iters, row, "floor_graph")
                     row["rows_sent"] = plan.send_rows.numel()
                     row["bytes_each_way"] = send.numel() * send.element_size()
             row["explain"] = str(layers["all-to-all"].explain()).splitlines()[-3:]
@@ -118,9 +127,26 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
     return rows
 
 
+def _union(spans):
+    merged = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def _overlap_us(xs, ys) -> float:
+    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in _union(xs) for b0, b1 in _union(ys))
+
+
 def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
-    """One profiled EP forward (fixed capacity) of a preset with shared experts: how long the shared
-    experts' GPU span overlaps NCCL's dispatch kernels. Writes the Chrome trace of each rank."""
+    """A preset's EP forward with shared experts (fixed capacity; the kernel runs them between issuing
+    the dispatch and waiting for it): median ms eager and replayed from a CUDA graph, the graph
+    replay without the shared experts and of the shared experts alone (the time the overlap saves:
+    without + alone - with), and a profile of 5 replays: how long NCCL's kernels ran while other
+    kernels ran too. Writes the Chrome trace of each rank."""
     from torch.profiler import ProfilerActivity, profile
 
     preset = PRESETS[name]
@@ -129,23 +155,35 @@ def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
     layer = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
                        parallel=moekit.ExpertParallel(max_tokens_per_rank=tokens))
     x = torch.randn(tokens, preset.hidden_size, device=device, dtype=torch.bfloat16)
+    row = {"preset": name, "tokens": tokens, "rank": rank}
     with torch.no_grad():
         for _ in range(3):
             layer(x)
+        row["forward_ms"] = _median_ms(lambda: layer(x), 20)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            layer(x)
+        graph.replay()
+        row["forward_graph_ms"] = _median_ms(graph.replay, 20)
+        shared = layer.shared_experts
+        row["shared_alone_graph_ms"] = _graph_ms(lambda: shared(x), 20, row, "shared_alone")
+        layer.shared_experts = None
+        row["no_shared_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "no_shared")
+        layer.shared_experts = shared
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
-                layer(x)
+                graph.replay()
             torch.cuda.synchronize()
-    path = os.path.join(out_dir, f"ep-trace-{name}-rank{rank}.json")
+    path = os.path.join(out_dir, f"ep-trace-{name}-{tokens}-rank{rank}.json")
     prof.export_chrome_trace(path)
-    events = json.load(open(path))["traceEvents"]
-    spans = lambda pred: [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and pred(e)]  # noqa: E731
-    shared = spans(lambda e: e.get("cat") == "gpu_user_annotation" and e["name"] == "moekit.shared_experts")
-    nccl = spans(lambda e: e.get("cat") == "kernel" and "nccl" in e["name"].lower())
-    overlap = sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in shared for b0, b1 in nccl)
-    return {"preset": name, "tokens": tokens, "rank": rank, "shared_gpu_us": sum(b - a for a, b in shared),
-            "nccl_us": sum(b - a for a, b in nccl), "overlap_us": overlap, "forwards": 5, "trace": path}
+    kernels = [e for e in json.load(open(path))["traceEvents"] if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    span = lambda e: (e["ts"], e["ts"] + e["dur"])  # noqa: E731
+    nccl = [span(e) for e in kernels if "nccl" in e["name"].lower()]
+    other = [span(e) for e in kernels if "nccl" not in e["name"].lower()]
+    row |= {"replays": 5, "nccl_us": sum(b - a for a, b in _union(nccl)),
+            "nccl_beside_compute_us": _overlap_us(nccl, other), "trace": path}
+    return row
 
 
 def main(argv=None) -> int:
@@ -155,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default="1,64,1024,8192", help="tokens per rank, comma-separated")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", help="write every number to this file (rank 0)")
+    parser.add_argument("--profile-tokens", default="256",
+                        help="tokens per rank of the profiled forwards, comma-separated")
     parser.add_argument("--profile", metavar="DIR", help="also profile one preset's EP forward with shared experts "
                         "(DeepSeek-V3 has one) and report how long it overlaps the dispatch; traces go to DIR")
     args = parser.parse_args(argv)
@@ -163,41 +203,53 @@ def main(argv=None) -> int:
     dist.init_process_group("nccl")
     device = torch.device("cuda", local)
     results = []
-    for name in args.preset or ["deepseek-v3"]:
-        results += bench_preset(name, [int(t) for t in args.tokens.split(",")], args.iters, device)
+    tokens = [int(t) for t in args.tokens.split(",") if t]
+    for name in (args.preset or ["deepseek-v3"]) if tokens else []:  # --tokens "": profile only
+        results += bench_preset(name, tokens, args.iters, device)
         torch.cuda.empty_cache()
+    profiles = []
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
-        overlap = profile_overlap("deepseek-v3", 256, device, args.profile)
+        for t in (int(t) for t in args.profile_tokens.split(",")):
+            profiles.append(profile_overlap("deepseek-v3", t, device, args.profile))
+            torch.cuda.empty_cache()
         seen = [None] * dist.get_world_size()
-        dist.all_gather_object(seen, overlap)
+        dist.all_gather_object(seen, profiles)
         if dist.get_rank() == 0:
-            for o in seen:
-                print(f"rank {o['rank']}: shared experts {o['shared_gpu_us']:.0f} us on the GPU over {o['forwards']} "
-                      f"forwards, NCCL kernels {o['nccl_us']:.0f} us, overlapping {o['overlap_us']:.0f} us")
+            profiles = [o for rank in seen for o in rank]
+            for o in profiles:
+                saved = o["no_shared_graph_ms"] + o["shared_alone_graph_ms"] - o["forward_graph_ms"]
+                print(f"{o['tokens']} tokens/rank, rank {o['rank']}: forward {o['forward_ms']:.3f} ms eager, "
+                      f"{o['forward_graph_ms']:.3f} ms graph replay ({o['no_shared_graph_ms']:.3f} without shared "
+                      f"experts, shared alone {o['shared_alone_graph_ms']:.3f}: overlap saves {saved:.3f} ms); over "
+                      f"{o['replays']} replays NCCL ran {o['nccl_us']:.0f} us, {o['nccl_beside_compute_us']:.0f} us of "
+                      "it beside other kernels")
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
-        print(f"{'preset':<16}{'tok/rank':>9}{'floor ms':>10}{'a2a ms':>9}{'x floor':>8}{'fixed ms':>9}"
-              f"{'x floor':>8}{'ag ms':>9}{'x floor':>8}{'graph ms':>9}{'x floor':>8}{'fp8 graph':>10}{'x floor':>8}"
-              "   max rel err: a2a / fixed / ag")
+        print("eager: host-launched, each against NCCL's two all_to_all_single calls launched the same way; "
+              "graph: replayed from a CUDA graph, against those two calls replayed from one")
+        eager_cols = ("all-to-all", "fixed", "all-gather")
+        graph_cols = ("fixed_graph", "fixed_unpacked_graph", "fixed_fp8_graph")
+        print(f"{'preset':<16}{'tok/rank':>9}{'floor ms':>9}"
+              + "".join(f"{c + ' ms':>15}{'x':>6}" for c in eager_cols) + f"{'floor graph':>13}"
+              + "".join(f"{c.replace('fixed_', '') + ' ms':>19}{'x':>6}" for c in graph_cols)
+              + "   max rel err: a2a / fixed / ag")
         for i, row in enumerate(results):
-            errs = [r[i] for r in gathered]
-            floor = max(r["floor_ms"] for r in errs)
-            ms = {c: max(r[f"{c}_ms"] for r in errs) for c in ("all-to-all", "fixed", "all-gather")}
-            err = {c: max(r[f"{c}_rel_error"] for r in errs) for c in ("all-to-all", "fixed", "all-gather")}
-            print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{floor:>10.3f}"
-                  + "".join(f"{ms[c]:>9.3f}{ms[c] / floor:>8.2f}" for c in ms)
-                  + "".join(f"{max(r[k] for r in errs):>{wd}.3f}{max(r[k] for r in errs) / floor:>8.2f}"
-                            for k, wd in (("fixed_graph_ms", 9), ("fixed_fp8_graph_ms", 10)))
-                  + "   " + " / ".join(f"{err[c]:.2e}" for c in err))
+            ranks = [r[i] for r in gathered]
+            worst = lambda key: max(r.get(key, float("nan")) for r in ranks)  # noqa: E731
+            floor, floor_graph = worst("floor_ms"), worst("floor_graph_ms")
+            print(f"{row['preset']:<16}{row['tokens_per_rank']:>9}{floor:>9.3f}"
+                  + "".join(f"{worst(c + '_ms'):>15.3f}{worst(c + '_ms') / floor:>6.2f}" for c in eager_cols)
+                  + f"{floor_graph:>13.3f}"
+                  + "".join(f"{worst(c + '_ms'):>19.3f}{worst(c + '_ms') / floor_graph:>6.2f}" for c in graph_cols)
+                  + "   " + " / ".join(f"{worst(c + '_rel_error'):.2e}" for c in eager_cols))
         for row in results:
-            for key in ("fixed_graph_error", "fixed_fp8_graph_error"):
-                if key in row:
-                    print("graph capture failed:", row[key])
+            for key in [k for k in row if k.endswith("_error") and not k.endswith("rel_error")]:
+                print("graph capture failed:", key, row[key])
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"ranks": gathered, "device": torch.cuda.get_device_name(),
+                json.dump({"ranks": gathered, "profiles": profiles, "device": torch.cuda.get_device_name(),
                            "torch": torch.__version__}, f, indent=1)
     dist.barrier()
     dist.destroy_process_group()

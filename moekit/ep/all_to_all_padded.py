@@ -1,9 +1,9 @@
 """All-to-all with a fixed capacity: every rank sends every other rank a block of
 ``max_tokens_per_rank`` rows, token t in row t of the block for each rank that holds one of its
 experts (the other rows carry no expert: ids -1), so the splits are known in advance. No counts
-exchange, no host sync, no gather of rows to send (nothing in it stops CUDA-graph capture; a
-captured EP forward is not tested yet), and at decode sizes its latency is that of one fixed-size
-all-to-all each way.
+exchange, no host sync, no gather of rows to send (a whole EP forward captures in a CUDA graph:
+tests_gpu/ep_graph_gpu.py), and each row travels with its token's expert ids and weights packed
+behind it, so at decode sizes its latency is that of one fixed-size all-to-all each way.
 
 Bytes per rank and step: W * capacity rows each way, whoever needs them; when W <= k nearly every
 token goes to every rank anyway, so this is close to the counted all-to-all (all_to_all.py)."""
@@ -21,6 +21,15 @@ from moekit.ep.placement import ExpertPlacement, route_pairs
 from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
 
 
+def packed_width(hidden: int, top_k: int, dtype: torch.dtype) -> int | None:
+    """Elements of x's dtype per packed row (the row, then its message: 2k int32 words), or None
+    where the words cannot sit on 4-byte boundaries of such a row (then two all-to-alls)."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    if (8 * top_k) % size or (hidden * size) % 4:
+        return None
+    return hidden + 8 * top_k // size
+
+
 @dataclass(frozen=True)
 class PaddedPlan:
     num_tokens: int
@@ -30,8 +39,9 @@ class PaddedAllToAllPrepareFinalize:
     name = "all-to-all (fixed capacity)"
 
     def __init__(self, placement: ExpertPlacement, comm: Collectives, device, capacity: int,
-                 fp8_dispatch: bool = False):
+                 fp8_dispatch: bool = False, pack_rows: bool = True):
         self.placement, self.comm, self.capacity, self.fp8_dispatch = placement, comm, capacity, fp8_dispatch
+        self.pack_rows = pack_rows  # False: rows and messages in two all-to-alls (for comparison)
         self.tables = placement.tables(device)
 
     overlaps_shared = True  # prepare(..., overlap=shared) runs the shared experts during the dispatch
@@ -43,6 +53,9 @@ class PaddedAllToAllPrepareFinalize:
                              f"max_tokens_per_rank={self.capacity}")
         x, topk_weights = weight_on_input(x, topk_weights, apply_router_weight_on_input)
         world, cap, hidden = self.comm.world_size, self.capacity, x.shape[1]
+        splits = [cap] * world
+        if self.pack_rows and not self.fp8_dispatch and packed_width(hidden, top_k, x.dtype) is not None:
+            return self._exchange_packed(x, topk_weights, topk_ids, overlap, PaddedPlan(num_tokens))
         meta = self.messages(topk_ids, topk_weights, extra_columns=1 if self.fp8_dispatch else 0)
         dtype = x.dtype
         if self.fp8_dispatch:
@@ -53,9 +66,36 @@ class PaddedAllToAllPrepareFinalize:
         rows[:, :num_tokens] = x.unsqueeze(0)
         rows[:, num_tokens:] = 0  # (rows past the tokens carry no expert, but stay finite)
         meta = meta.reshape(world * cap, -1)
-        splits = [cap] * world
         return exchange_rows(self.comm, rows.reshape(world * cap, hidden), meta, splits, splits, top_k, dtype,
                              self.fp8_dispatch, overlap, PaddedPlan(num_tokens))
+
+    def _exchange_packed(self, x, topk_weights, topk_ids, overlap, plan) -> PreparedTokens:
+        """Rows and messages in one all-to-all: each row carries its token's message after it."""
+        world, cap, hidden, top_k = self.comm.world_size, self.capacity, x.shape[1], topk_ids.shape[1]
+        packed = self.packed_messages(x, topk_ids, topk_weights).reshape(world * cap, -1)
+        received = torch.empty_like(packed)
+        wait = self.comm.start_all_to_all(received, packed, [cap] * world, [cap] * world,
+                                          "dispatch of token rows and their expert ids")
+        overlapped = overlap() if overlap is not None else None
+        wait()
+        words = received[:, hidden:].view(torch.int32)  # (the rows stay a strided view: no copy)
+        return PreparedTokens(x=received[:, :hidden], topk_weights=words[:, top_k:2 * top_k].contiguous().view(
+            torch.float32), topk_ids=words[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
+
+    def packed_messages(self, x, topk_ids, topk_weights) -> torch.Tensor:
+        """[W, capacity, packed_width] in x's dtype: row t of each destination's block is token t's
+        row (zeros past the tokens) followed by its message (``messages``) as 2k int32 words. On GPUs
+        one Triton launch, elsewhere the same in PyTorch."""
+        world, cap, num_tokens, hidden = self.comm.world_size, self.capacity, x.shape[0], x.shape[1]
+        width = packed_width(hidden, topk_ids.shape[1], x.dtype)
+        if x.is_cuda:
+            from moekit.triton_ops.dispatch_meta import dispatch_packed
+
+            return dispatch_packed(x, topk_ids, topk_weights, self.tables, world, cap, width)
+        packed = x.new_zeros(world, cap, width)
+        packed[:, :num_tokens, :hidden] = x.unsqueeze(0)
+        packed[:, :, hidden:] = self.messages(topk_ids, topk_weights).view(x.dtype)
+        return packed
 
     def messages(self, topk_ids, topk_weights, extra_columns: int = 0) -> torch.Tensor:
         """[W, capacity, 2k + extra_columns] int32: for each destination's row t, token t's expert ids

@@ -25,7 +25,8 @@ from moekit.quant.spec import WeightFormat
 from moekit.triton_ops.activation_quant import (ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows,
                                                 scale_columns)
 from moekit.triton_ops.align import AlignedPairs
-from moekit.triton_ops.experts_kernels import ACT_CODE, LAST_COMPILED, _activate, _row_block, _tile_ids, gate_up_rows
+from moekit.triton_ops.experts_kernels import (ACT_CODE, LAST_COMPILED, _activate, _block_expert, _row_block, _tile_ids,
+                                               gate_up_rows)
 from moekit.triton_ops.launcher import cdiv, launch
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
@@ -100,9 +101,9 @@ def _gemm1_quant(
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
+    if expert < 0:
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, False)
     tokens = (pairs // top_k).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -186,9 +187,9 @@ def _gemm2_quant(
     EVEN_K: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_rows_ptr):
+    expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
+    if expert < 0:
         return
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
     rows, pairs, row_ok = _row_block(sorted_ptr, pid_m, num_pairs, BLOCK_M, False)
     arows = rows.to(tl.int64)  # the input is stored by aligned row (padding rows finite, never stored)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
