@@ -8,7 +8,7 @@ import torch
 
 from moekit.ep.all_to_all_padded import PaddedAllToAllPrepareFinalize, packed_width
 from moekit.ep.placement import ExpertPlacement
-from moekit.triton_ops.dispatch_meta import dispatch_meta, dispatch_packed
+from moekit.triton_ops.dispatch_meta import dispatch_meta, dispatch_packed, unpack_messages
 
 
 def placements():
@@ -67,3 +67,16 @@ def test_packed_width_keeps_the_words_aligned():
     assert packed_width(7168, 8, torch.bfloat16) == 7168 + 32
     assert packed_width(2048, 8, torch.float32) == 2048 + 16
     assert packed_width(7, 8, torch.bfloat16) is None  # 14-byte rows: the words would straddle
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unpacking_received_rows_gives_their_ids_and_weights(dtype):
+    rows, hidden, top_k = 70, 36, 3
+    width = packed_width(hidden, top_k, dtype)
+    ids = torch.randint(-1, 9, (rows, top_k), dtype=torch.int32)
+    weights = torch.rand(rows, top_k)
+    received = torch.randn(rows, width).to(dtype)
+    received[:, hidden:] = torch.cat([ids, weights.view(torch.int32)], 1).view(dtype)
+    got_ids, got_weights = unpack_messages(received, hidden, top_k)
+    assert torch.equal(got_ids, ids) and torch.equal(got_weights, weights)
+    assert got_ids.is_contiguous() and got_weights.is_contiguous()

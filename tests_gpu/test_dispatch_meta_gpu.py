@@ -28,3 +28,13 @@ def test_gpu_messages_equal_the_cpu_construction(tokens, capacity, world):
     # the extra column is the caller's (fp8 scales): compare the ids and weights
     assert torch.equal(got[..., :16], expected[..., :16])
     assert (got[:, :, :8] >= 0).sum().item() == tokens * 8
+
+
+@pytest.mark.parametrize("tokens,capacity", [(1, 1), (200, 256), (8192, 8192)])
+def test_gpu_packed_rows_equal_the_cpu_construction(tokens, capacity):
+    placement = ExpertPlacement.contiguous(256, 2)
+    ids = torch.stack([torch.randperm(256)[:8] for _ in range(tokens)]).to(torch.int32)
+    weights, x = torch.rand(tokens, 8), torch.randn(tokens, 7168).to(torch.bfloat16)
+    expected = _pf(placement, capacity, "cpu").packed_messages(x, ids, weights)
+    got = _pf(placement, capacity, "cuda").packed_messages(x.cuda(), ids.cuda(), weights.cuda()).cpu()
+    assert torch.equal(got.view(torch.int16), expected.view(torch.int16))

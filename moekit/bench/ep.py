@@ -50,14 +50,17 @@ def _dispatch_combine(pf, x, w, ids):
     return step
 
 
-def _graph_ms(step, iters: int, row: dict, name: str) -> float:
-    """Median ms of ``step`` captured once and replayed; NaN (and the error in ``row``) if capture fails."""
+def _graph_ms(step, iters: int, row: dict, name: str, repeat: int = 10) -> float:
+    """Median ms of ``step``, captured ``repeat`` times into one CUDA graph and replayed (the host's
+    launch and sync spread over the repeats: the GPU's own time per step); NaN (and the error in
+    ``row``) if capture fails."""
     try:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            step()
+            for _ in range(repeat):
+                step()
         graph.replay()
-        return _median_ms(graph.replay, iters)
+        return _median_ms(graph.replay, iters) / repeat
     except Exception as e:  # recorded, not fatal: the eager numbers stand
         row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
         return float("nan")
@@ -160,16 +163,16 @@ def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
         for _ in range(3):
             layer(x)
         row["forward_ms"] = _median_ms(lambda: layer(x), 20)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            layer(x)
-        graph.replay()
-        row["forward_graph_ms"] = _median_ms(graph.replay, 20)
+        row["forward_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "forward_graph")
         shared = layer.shared_experts
         row["shared_alone_graph_ms"] = _graph_ms(lambda: shared(x), 20, row, "shared_alone")
         layer.shared_experts = None
         row["no_shared_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "no_shared")
         layer.shared_experts = shared
+        graph = torch.cuda.CUDAGraph()  # one forward per replay, for the trace
+        with torch.cuda.graph(graph):
+            layer(x)
+        graph.replay()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):

@@ -78,9 +78,16 @@ class PaddedAllToAllPrepareFinalize:
                                           "dispatch of token rows and their expert ids")
         overlapped = overlap() if overlap is not None else None
         wait()
-        words = received[:, hidden:].view(torch.int32)  # (the rows stay a strided view: no copy)
-        return PreparedTokens(x=received[:, :hidden], topk_weights=words[:, top_k:2 * top_k].contiguous().view(
-            torch.float32), topk_ids=words[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
+        if received.is_cuda:
+            from moekit.triton_ops.dispatch_meta import unpack_messages
+
+            ids, weights = unpack_messages(received, hidden, top_k)
+        else:
+            words = received[:, hidden:].view(torch.int32)
+            ids, weights = words[:, :top_k].contiguous(), words[:, top_k:2 * top_k].contiguous().view(torch.float32)
+        # (the rows stay a strided view: the experts read them in place)
+        return PreparedTokens(x=received[:, :hidden], topk_weights=weights, topk_ids=ids, plan=plan,
+                              overlapped=overlapped)
 
     def packed_messages(self, x, topk_ids, topk_weights) -> torch.Tensor:
         """[W, capacity, packed_width] in x's dtype: row t of each destination's block is token t's

@@ -85,3 +85,29 @@ def dispatch_packed(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
     _launch(x, topk_ids, topk_weights, tables, world_size, capacity, out, words, out.shape[-1],
             hidden * x.element_size() // 4, True)
     return out
+
+
+@triton.jit
+def _unpack_messages(words_ptr, ids_ptr, weights_ptr, rows, row_words, meta_word0, top_k,
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    slots = tl.arange(0, BLOCK_K)
+    ok = (r < rows)[:, None] & (slots < top_k)[None, :]
+    src = words_ptr + r.to(tl.int64)[:, None] * row_words + meta_word0 + slots[None, :]
+    dst = r.to(tl.int64)[:, None] * top_k + slots[None, :]
+    tl.store(ids_ptr + dst, tl.load(src, mask=ok), mask=ok)
+    tl.store(weights_ptr + dst, tl.load(src + top_k, mask=ok), mask=ok)
+
+
+def unpack_messages(received: torch.Tensor, hidden: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Received packed rows [R, width] -> (ids [R, k] int32, weights [R, k] fp32), both contiguous,
+    in one launch (two strided copies otherwise)."""
+    words = received.view(torch.int32)
+    rows = words.shape[0]
+    ids = torch.empty(rows, top_k, dtype=torch.int32, device=received.device)
+    weights = torch.empty(rows, top_k, dtype=torch.float32, device=received.device)
+    block_r = 64
+    launch(_unpack_messages, (cdiv(rows, block_r),),
+           (words, ids, weights.view(torch.int32), rows, words.shape[1], hidden * received.element_size() // 4,
+            top_k), dict(BLOCK_R=block_r, BLOCK_K=next_pow2(top_k)), 4, 1)
+    return ids, weights
