@@ -368,7 +368,8 @@ class MoE(nn.Module):
         outs = [self.kernel.apply(tokens[r * chunk:(r + 1) * chunk], topk_weights[r * chunk:(r + 1) * chunk],
                                   topk_ids[r * chunk:(r + 1) * chunk], shared_experts=self.shared_experts)
                 for r in range(rounds)]
-        return torch.cat(outs) if outs else self.kernel.apply(tokens, topk_weights, topk_ids, self.shared_experts)
+        return torch.cat(outs) if outs else self.kernel.apply(tokens, topk_weights, topk_ids,
+                                                              shared_experts=self.shared_experts)
 
     def _check_input(self, x) -> None:
         check_tensor("x", x, dtypes=(self.dtype,))

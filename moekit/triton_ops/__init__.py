@@ -1,6 +1,7 @@
 """Triton kernels: token alignment by expert, the fused experts GEMMs (unquantized, quantized, the
-weight-only decode GEMV), fused routing, the expert-parallel combine, and their tile configurations. Imported lazily (``import moekit`` does not import triton); on the CPU they run
-under ``TRITON_INTERPRET=1``, which is how CI tests them."""
+weight-only decode GEMV), fused routing, the expert-parallel dispatch messages and combine, and
+their tile configurations. Imported lazily (``import moekit`` does not import triton); on the CPU
+they run under ``TRITON_INTERPRET=1``, which is how CI tests them."""
 
 from __future__ import annotations
 
