@@ -105,6 +105,7 @@ class MoE(nn.Module):
                 hidden_size, shared_intermediate_size, self.activation, gate=shared_expert_gate, **factory
             )
         self.reset_parameters()
+        self._decode_graphs = None  # use_decode_graphs()
         # Whatever changes the weights' storage (loading, .to()) composes the kernel anew.
         self.register_load_state_dict_post_hook(lambda module, _: module.compose_kernel())
         self.compose_kernel()
@@ -138,7 +139,8 @@ class MoE(nn.Module):
     def _register_quantized(self, gemm1_rows: int, device) -> None:
         """Empty buffers for the scheme's tensors (filled by reset_parameters or a checkpoint)."""
         spec, e = self.quant_method.spec, self.num_local_experts
-        for name, (n, k) in (("w13", (gemm1_rows, self.hidden_size)), ("w2", (self.hidden_size, self.intermediate_size))):
+        shapes = (("w13", (gemm1_rows, self.hidden_size)), ("w2", (self.hidden_size, self.intermediate_size)))
+        for name, (n, k) in shapes:
             self.quant_method.check_divisible(name, n, k)
             self.register_buffer(name, torch.empty(spec.data_shape(e, n, k), dtype=spec.data_dtype(), device=device))
             self.register_buffer(f"{name}_scale", torch.empty(spec.scale_shape(e, n, k), dtype=spec.scale_dtype(),
@@ -296,6 +298,8 @@ class MoE(nn.Module):
                                                                        self.w13.device)
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
                                               prepare_finalize)
+        if self._decode_graphs is not None:  # they read the old kernel's tensors
+            self._decode_graphs.graphs.clear()
         self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice,
                                         self._tiles_key(problem, selection))
 
@@ -349,15 +353,44 @@ class MoE(nn.Module):
         """x [T, H] or [B, S, H] -> same shape; with ``return_routing`` also (topk_weights, topk_ids)."""
         self._check_input(x)
         tokens = x.reshape(-1, self.hidden_size)
-        topk_weights, topk_ids = self.route(tokens)
+        graphs = self._decode_graphs
+        if graphs is not None and graphs.applies(tokens):
+            captured = graphs.run(self, tokens)  # its buffers are overwritten by the next replay: copies
+            out, topk_weights, topk_ids = captured.out.clone(), captured.topk_weights, captured.topk_ids
+            if return_routing:
+                topk_weights, topk_ids = topk_weights.clone(), topk_ids.clone()
+        else:
+            out, topk_weights, topk_ids = self.forward_tokens(tokens)
         if self.load_stats is not None:
             self.load_stats.record(topk_ids)
+        out = out.reshape(x.shape)
+        return (out, (topk_weights, topk_ids)) if return_routing else out
+
+    def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens [T, H] -> (out [T, H], topk_weights, topk_ids): routing and experts, eagerly (what
+        a decode graph captures)."""
+        topk_weights, topk_ids = self.route(tokens)
         if self.parallel is not None and self.parallel.max_tokens_per_chunk is not None:
             out = self._forward_in_chunks(tokens, topk_weights, topk_ids)
         else:
             out = self.kernel.apply(tokens, topk_weights, topk_ids, shared_experts=self.shared_experts)
-        out = out.reshape(x.shape)
-        return (out, (topk_weights, topk_ids)) if return_routing else out
+        return out, topk_weights, topk_ids
+
+    def use_decode_graphs(self, max_tokens: int | None = 16) -> None:
+        """Replay forwards of up to ``max_tokens`` tokens from CUDA graphs, one per token count,
+        captured on first use (moekit/decode_graphs.py: when they apply, what they skip); None
+        switches them off. Single-device CUDA layers only."""
+        if max_tokens is None:
+            self._decode_graphs = None
+            return
+        if self.router.weight.device.type != "cuda":
+            raise ValueError(f"decode graphs are CUDA graphs: this layer is on {self.router.weight.device}")
+        if self.parallel is not None:
+            raise ValueError("decode graphs are for single-device layers; an expert-parallel layer with "
+                             "max_tokens_per_rank captures as a whole with torch.cuda.graph (docs/expert-parallel.md)")
+        from moekit.decode_graphs import DecodeGraphs
+
+        self._decode_graphs = DecodeGraphs(max_tokens)
 
     def _forward_in_chunks(self, tokens, topk_weights, topk_ids) -> torch.Tensor:
         """Expert parallel with bounded buffers: rounds of at most max_tokens_per_chunk tokens per

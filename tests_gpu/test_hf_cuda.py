@@ -45,3 +45,15 @@ def test_greedy_generation_identical_fp32(family):
     model.set_experts_implementation("eager")
     moekit.patch(model)
     assert eager.tolist() == with_experts_impl.tolist() == greedy(model).tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_identical_with_decode_graphs(family):
+    model = tiny_model(family).to("cuda")
+    moekit.patch(model)
+    plain = greedy(model)
+    graphed = tiny_model(family).to("cuda")
+    report = moekit.patch(graphed, decode_graphs=64)
+    assert greedy(graphed).tolist() == plain.tolist()
+    blocks = [graphed.get_submodule(r.name).moe for r in report.replaced]
+    assert all(block._decode_graphs.graphs for block in blocks), "no forward was replayed from a graph"

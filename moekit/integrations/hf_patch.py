@@ -178,11 +178,13 @@ class MoekitBlock(nn.Module):
         return f"replaces={self.block_class}"
 
 
-def patch(model: nn.Module, *, backend: str | None = None) -> PatchReport:
+def patch(model: nn.Module, *, backend: str | None = None, decode_graphs: int | None = None) -> PatchReport:
     """Replace, in place, every sparse-MoE block of ``model`` that moekit knows and can serve.
 
     ``backend`` names a moekit experts backend for every replaced block; a block it cannot serve
-    raises ``BackendUnavailableError`` before any block is replaced."""
+    raises ``BackendUnavailableError`` before any block is replaced. ``decode_graphs=N`` has every
+    replaced block replay its forwards of up to N tokens from CUDA graphs (``MoE.use_decode_graphs``;
+    a model not on a GPU is refused before any block is replaced)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     config = getattr(model, "config", None)
@@ -200,6 +202,9 @@ def patch(model: nn.Module, *, backend: str | None = None) -> PatchReport:
             left_alone.append(LeftAlone(name, cls, str(err)))
         except (_Unsupported, NotImplementedError, ValueError, TypeError) as err:
             left_alone.append(LeftAlone(name, cls, str(err)))
+    if decode_graphs is not None:
+        for _, adapter in replacements:
+            adapter.moe.use_decode_graphs(decode_graphs)
     replaced = []
     for name, adapter in replacements:  # every replacement is built: now swap them in
         parent_name, _, child = name.rpartition(".")

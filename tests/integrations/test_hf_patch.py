@@ -176,3 +176,11 @@ def test_a_bare_block_is_not_replaced():
     block = moe_blocks(tiny_model("olmoe"), "olmoe")[0][1]
     report = moekit.patch(block)
     assert report.replaced == () and "patch that" in report.left_alone[0].reason
+
+
+def test_decode_graphs_on_a_cpu_model_are_refused_before_any_block_is_replaced():
+    model = tiny_model(FAMILIES[0])
+    before = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(ValueError, match="decode graphs are CUDA graphs"):
+        moekit.patch(model, decode_graphs=8)
+    assert [type(m).__name__ for m in model.modules()] == before
