@@ -51,3 +51,11 @@ def test_a_replaced_tensor_is_seen_and_an_in_place_update_is_not():
     assert _unchanged(slots)
     layer.shared_experts.down_proj.weight = torch.nn.Parameter(layer.shared_experts.down_proj.weight.clone())
     assert not _unchanged(slots)
+
+
+def test_the_host_time_bench_says_it_needs_a_gpu(capsys):
+    from moekit.bench import host
+
+    assert host.main([]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no CUDA device here" in out[0]
