@@ -3,9 +3,11 @@
 An eager forward of a few tokens costs far more host time than GPU time: routing, alignment, the
 two GEMMs and the top-k sum are 6-10 launches plus Python, 250-530 µs per layer on the lent
 H100/H200 machines against 20-180 µs on the GPU (docs/benchmarks.md). With decode graphs on, the
-first forward of each token count T <= ``max_tokens`` is captured into a CUDA graph (after one eager
-warm-up on a side stream); later forwards of that T copy the tokens into the graph's input, replay
-it and clone its output: three host calls.
+first forward of each token count T <= ``max_tokens`` runs eagerly (on a side stream, which warms
+the kernels up) and is then captured into a CUDA graph; later forwards of that T copy the tokens
+into the graph's input, replay it and clone its output: three host calls. An expert-parallel layer
+with a fixed capacity (``max_tokens_per_rank``) captures its dispatch and combine too: every call
+still runs one set of collectives, so ranks may capture at different calls and token counts.
 
 What is captured: router, routing, the routed and shared experts. Graphs are used only for CUDA
 tensors, without autograd (``torch.no_grad()`` or inference mode), outside torch.compile and outside
@@ -45,27 +47,39 @@ class DecodeGraphs:
         return (tokens.is_cuda and 0 < tokens.shape[0] <= self.max_tokens and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing())
 
-    def run(self, layer, tokens: torch.Tensor) -> _Captured:
-        """Replay (capturing first if needed) the graph of ``tokens``'s count; the returned buffers
-        hold this forward's results until the next replay."""
+    def run(self, layer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """This forward's (out, topk_weights, topk_ids, owned): replayed from the graph of its token
+        count, or, the first time, computed eagerly and then captured (each call runs the layer's
+        work once, so expert-parallel peers see one set of collectives per forward). ``owned``
+        False: the tensors are the graph's buffers, overwritten by the next replay."""
         if not _unchanged(self._slots):
             self.graphs.clear()
             self._slots = _tensor_slots(layer)
         captured = self.graphs.get(tokens.shape[0])
         if captured is None:
-            captured = self.graphs[tokens.shape[0]] = self._capture(layer, tokens)
+            out, topk_weights, topk_ids = self._warm_up(layer, tokens)
+            self.graphs[tokens.shape[0]] = self._capture(layer, tokens)
+            return out, topk_weights, topk_ids, True
         captured.x.copy_(tokens)
         captured.graph.replay()
-        return captured
+        return captured.out, captured.topk_weights, captured.topk_ids, False
+
+    @staticmethod
+    def _warm_up(layer, tokens: torch.Tensor):
+        """The forward, eagerly, on a side stream (compiles kernels and fills caches off the stream
+        that will be captured)."""
+        main = torch.cuda.current_stream(tokens.device)
+        side = torch.cuda.Stream(tokens.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            results = layer.forward_tokens(tokens)
+        main.wait_stream(side)
+        for t in results:  # allocated on the side stream, read on the main one
+            t.record_stream(main)
+        return results
 
     def _capture(self, layer, tokens: torch.Tensor) -> _Captured:
         x = tokens.clone()
-        main = torch.cuda.current_stream(x.device)
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):  # compiles kernels and fills caches off the captured stream
-            layer.forward_tokens(x)
-        main.wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()

@@ -355,10 +355,11 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, self.hidden_size)
         graphs = self._decode_graphs
         if graphs is not None and graphs.applies(tokens):
-            captured = graphs.run(self, tokens)  # its buffers are overwritten by the next replay: copies
-            out, topk_weights, topk_ids = captured.out.clone(), captured.topk_weights, captured.topk_ids
-            if return_routing:
-                topk_weights, topk_ids = topk_weights.clone(), topk_ids.clone()
+            out, topk_weights, topk_ids, owned = graphs.run(self, tokens)
+            if not owned:  # the graph's buffers, overwritten by its next replay: copies
+                out = out.clone()
+                if return_routing:
+                    topk_weights, topk_ids = topk_weights.clone(), topk_ids.clone()
         else:
             out, topk_weights, topk_ids = self.forward_tokens(tokens)
         if self.load_stats is not None:
@@ -379,15 +380,18 @@ class MoE(nn.Module):
     def use_decode_graphs(self, max_tokens: int | None = 16) -> None:
         """Replay forwards of up to ``max_tokens`` tokens from CUDA graphs, one per token count,
         captured on first use (moekit/decode_graphs.py: when they apply, what they skip); None
-        switches them off. Single-device CUDA layers only."""
+        switches them off. CUDA layers: single-device, or expert-parallel with a fixed capacity."""
         if max_tokens is None:
             self._decode_graphs = None
             return
+        if self.parallel is not None and not (self.kernel.prepare_finalize.name == "all-to-all (fixed capacity)"
+                                              and self.parallel.max_tokens_per_chunk is None):
+            raise ValueError(f"decode graphs need a forward without host syncs: this expert-parallel layer moves "
+                             f"tokens by {self.kernel.prepare_finalize.name}"
+                             f"{' in chunks' if self.parallel.max_tokens_per_chunk else ''}; give ExpertParallel "
+                             "max_tokens_per_rank (and no max_tokens_per_chunk) for the fixed-capacity all-to-all")
         if self.router.weight.device.type != "cuda":
             raise ValueError(f"decode graphs are CUDA graphs: this layer is on {self.router.weight.device}")
-        if self.parallel is not None:
-            raise ValueError("decode graphs are for single-device layers; an expert-parallel layer with "
-                             "max_tokens_per_rank captures as a whole with torch.cuda.graph (docs/expert-parallel.md)")
         from moekit.decode_graphs import DecodeGraphs
 
         self._decode_graphs = DecodeGraphs(max_tokens)

@@ -150,6 +150,14 @@ def scenarios(rank: int, world: int) -> dict:
     # more tokens than the fixed capacity: refused on the host before any collective
     _, fixed = _pair(moekit.ExpertParallel(timeout_s=60, max_tokens_per_rank=4))
     results["capacity_error"] = _error_of(fixed, 5, ValueError)
+    # decode graphs: refused for forms with host syncs, and (fixed capacity) for a CPU layer
+    results["decode_graphs_errors"] = []
+    for layer in (ep, fixed):
+        try:
+            layer.use_decode_graphs(8)
+            results["decode_graphs_errors"].append(None)
+        except ValueError as e:
+            results["decode_graphs_errors"].append(str(e))
     results["local_experts"] = list(ep.local_experts)
     results["state_dict_w13_rows"] = int(ep.state_dict()["w13"].shape[0])
     return results

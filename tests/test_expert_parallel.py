@@ -108,6 +108,16 @@ def test_more_tokens_than_the_fixed_capacity_is_refused(ranks):
         assert "exceed the expert-parallel capacity max_tokens_per_rank=4" in res["capacity_error"]
 
 
+def test_decode_graphs_need_the_fixed_capacity_form_and_a_gpu(ranks):
+    _, results = ranks
+    for res in results:
+        counted, fixed = res["decode_graphs_errors"]
+        assert counted.startswith("decode graphs need a forward without host syncs: this expert-parallel layer "
+                                  "moves tokens by all-to-all")
+        assert "max_tokens_per_rank" in counted
+        assert fixed == "decode graphs are CUDA graphs: this layer is on cpu"
+
+
 def test_dead_rank_gives_the_survivor_an_error_within_the_timeout(tmp_path):
     results = _spawn(2, "dead_rank", tmp_path)
     (survivor,) = results
