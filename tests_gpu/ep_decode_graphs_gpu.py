@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
-from ep_harness import rel, run
+from ep_harness import rel, run, single_and_ep
 
 TOKENS = {0: [1, 3, 1, 8, 3, 1], 1: [2, 2, 5, 1, 2, 7]}
 
@@ -23,11 +23,7 @@ TOKENS = {0: [1, 3, 1, 8, 3, 1], 1: [2, 2, 5, 1, 2, 7]}
 def check(name: str, device) -> list[tuple[str, float, float]]:
     preset = PRESETS[name]
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    single = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device)
-    ep = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
-                    parallel=moekit.ExpertParallel(max_tokens_per_rank=64))
-    ep.load_state_dict(single.state_dict())
+    single, ep = single_and_ep(name, device, moekit.ExpertParallel(max_tokens_per_rank=64))
     torch.manual_seed(10 + rank)
     xs = [torch.randn(t, preset.hidden_size, device=device, dtype=torch.bfloat16)
           for t in TOKENS[rank % 2]]

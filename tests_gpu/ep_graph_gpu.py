@@ -15,17 +15,13 @@ import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
-from ep_harness import rel, run
+from ep_harness import rel, run, single_and_ep
 
 
 def check(name: str, device) -> list[tuple[str, float, float]]:
     preset = PRESETS[name]
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    single = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device)
-    ep = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
-                    parallel=moekit.ExpertParallel(max_tokens_per_rank=256))
-    ep.load_state_dict(single.state_dict())
+    single, ep = single_and_ep(name, device, moekit.ExpertParallel(max_tokens_per_rank=256))
     tokens = 37 + 150 * rank
     static_x = torch.randn(tokens, preset.hidden_size, device=device, dtype=torch.bfloat16)
     results = []

@@ -20,6 +20,19 @@ def rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
+def single_and_ep(name: str, device, parallel):
+    """A preset's bf16 single-device layer (seed 0) and an expert-parallel one loading its state dict."""
+    import moekit
+    from moekit.cli.presets import PRESETS
+
+    kwargs = dict(**PRESETS[name].layer_kwargs(), dtype=torch.bfloat16, device=device)
+    torch.manual_seed(0)
+    single = moekit.MoE(**kwargs)
+    ep = moekit.MoE(**kwargs, parallel=parallel)
+    ep.load_state_dict(single.state_dict())
+    return single, ep
+
+
 def run(check: Check, judge: Judge, presets: list[str]) -> int:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
