@@ -146,7 +146,8 @@ def _overlap_us(xs, ys) -> float:
 
 def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
     """A preset's EP forward with shared experts (fixed capacity; the kernel runs them between issuing
-    the dispatch and waiting for it): median ms eager and replayed from a CUDA graph, the graph
+    the dispatch and waiting for it): median ms eager, eager with ``use_decode_graphs`` (one call
+    timed from the host) and replayed from a CUDA graph, the graph
     replay without the shared experts and of the shared experts alone (the time the overlap saves:
     without + alone - with), and a profile of 5 replays: how long NCCL's kernels ran while other
     kernels ran too. Writes the Chrome trace of each rank."""
@@ -164,6 +165,10 @@ def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
             layer(x)
         row["forward_ms"] = _median_ms(lambda: layer(x), 20)
         row["forward_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "forward_graph")
+        layer.use_decode_graphs(tokens)  # eager calls replaying the layer's own graph
+        layer(x)
+        row["forward_decode_graphs_ms"] = _median_ms(lambda: layer(x), 20)
+        layer.use_decode_graphs(None)
         shared = layer.shared_experts
         row["shared_alone_graph_ms"] = _graph_ms(lambda: shared(x), 20, row, "shared_alone")
         layer.shared_experts = None
@@ -222,7 +227,8 @@ def main(argv=None) -> int:
             profiles = [o for rank in seen for o in rank]
             for o in profiles:
                 saved = o["no_shared_graph_ms"] + o["shared_alone_graph_ms"] - o["forward_graph_ms"]
-                print(f"{o['tokens']} tokens/rank, rank {o['rank']}: forward {o['forward_ms']:.3f} ms eager, "
+                print(f"{o['tokens']} tokens/rank, rank {o['rank']}: forward {o['forward_ms']:.3f} ms eager "
+                      f"({o['forward_decode_graphs_ms']:.3f} with use_decode_graphs), "
                       f"{o['forward_graph_ms']:.3f} ms graph replay ({o['no_shared_graph_ms']:.3f} without shared "
                       f"experts, shared alone {o['shared_alone_graph_ms']:.3f}: overlap saves {saved:.3f} ms); over "
                       f"{o['replays']} replays NCCL ran {o['nccl_us']:.0f} us, {o['nccl_beside_compute_us']:.0f} us of "
