@@ -1,8 +1,8 @@
 """Decode-sized forwards replayed from CUDA graphs (``MoE.use_decode_graphs``).
 
 An eager forward of a few tokens costs far more host time than GPU time: routing, alignment, the
-two GEMMs and the top-k sum are 6-10 launches plus Python, 250-530 µs per layer on the lent
-H100/H200 machines against 20-180 µs on the GPU (docs/benchmarks.md). With decode graphs on, the
+two GEMMs and the top-k sum are 6-10 launches plus Python: 180-570 µs of host time per layer at 1-8
+tokens on the lent H200 against 40-1250 µs on the GPU (docs/benchmarks.md). With decode graphs on, the
 first forward of each token count T <= ``max_tokens`` runs eagerly (on a side stream, which warms
 the kernels up) and is then captured into a CUDA graph; later forwards of that T copy the tokens
 into the graph's input, replay it and clone its output: three host calls. An expert-parallel layer
@@ -42,6 +42,11 @@ class DecodeGraphs:
         self.graphs: dict[int, _Captured] = {}
         self._pool = None  # one memory pool for all token counts (replays never overlap)
         self._slots: tuple = ()  # the layer's tensors the graphs were captured with, where they sit
+
+    def reset(self) -> None:
+        """Drop every graph and their memory pool (the layer's kernel or device changed)."""
+        self.graphs.clear()
+        self._pool, self._slots = None, ()
 
     def applies(self, tokens: torch.Tensor) -> bool:
         return (tokens.is_cuda and 0 < tokens.shape[0] <= self.max_tokens and not torch.is_grad_enabled()

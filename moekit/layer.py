@@ -299,7 +299,7 @@ class MoE(nn.Module):
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
                                               prepare_finalize)
         if self._decode_graphs is not None:  # they read the old kernel's tensors
-            self._decode_graphs.graphs.clear()
+            self._decode_graphs.reset()
         self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice,
                                         self._tiles_key(problem, selection))
 
