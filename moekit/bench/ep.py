@@ -15,27 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
 
 import moekit
 from moekit.cli.presets import PRESETS
+from moekit.bench.ep_profile import profile_overlap
+from moekit.bench.ep_timing import graph_ms, median_ms
 from moekit.ep.all_to_all_padded import PaddedAllToAllPrepareFinalize
-
-
-def _median_ms(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        dist.barrier()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _dispatch_combine(pf, x, w, ids):
@@ -48,22 +36,6 @@ def _dispatch_combine(pf, x, w, ids):
         prepared = pf.prepare(x, w, ids, False)
         pf.finalize(standin[: prepared.x.shape[0]], None, x.dtype, prepared)
     return step
-
-
-def _graph_ms(step, iters: int, row: dict, name: str, repeat: int = 10) -> float:
-    """Median ms of ``step``, captured ``repeat`` times into one CUDA graph and replayed (the host's
-    launch and sync spread over the repeats: the GPU's own time per step); NaN (and the error in
-    ``row``) if capture fails."""
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(repeat):
-                step()
-        graph.replay()
-        return _median_ms(graph.replay, iters) / repeat
-    except Exception as e:  # recorded, not fatal: the eager numbers stand
-        row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
-        return float("nan")
 
 
 def _rel(a, b) -> float:
@@ -99,17 +71,17 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
 
                 step = _dispatch_combine(pf, x, w, ids)
                 step()
-                row[f"{comm}_ms"] = _median_ms(step, iters)
+                row[f"{comm}_ms"] = median_ms(step, iters)
                 if comm == "fixed":  # no host sync: the dispatch + combine replay as one CUDA graph
-                    row["fixed_graph_ms"] = _graph_ms(step, iters, row, "fixed_graph")
+                    row["fixed_graph_ms"] = graph_ms(step, iters, row, "fixed_graph")
                     two = _dispatch_combine(PaddedAllToAllPrepareFinalize(
                         layer.placement, layer._comm, device, capacity=t, pack_rows=False), x, w, ids)
                     two()
-                    row["fixed_unpacked_graph_ms"] = _graph_ms(two, iters, row, "fixed_unpacked_graph")
+                    row["fixed_unpacked_graph_ms"] = graph_ms(two, iters, row, "fixed_unpacked_graph")
                     step8 = _dispatch_combine(PaddedAllToAllPrepareFinalize(
                         layer.placement, layer._comm, device, capacity=t, fp8_dispatch=True), x, w, ids)
                     step8()
-                    row["fixed_fp8_graph_ms"] = _graph_ms(step8, iters, row, "fixed_fp8_graph")
+                    row["fixed_fp8_graph_ms"] = graph_ms(step8, iters, row, "fixed_fp8_graph")
                 if comm == "all-to-all":
                     prepared = pf.prepare(x, w, ids, False)
                     plan = prepared.plan
@@ -121,77 +93,13 @@ def bench_preset(name: str, tokens: list[int], iters: int, device) -> list[dict]
                         dist.all_to_all_single(recv, send, plan.recv_counts, plan.send_counts)
                         dist.all_to_all_single(back, recv, plan.send_counts, plan.recv_counts)
                     floor()
-                    row["floor_ms"] = _median_ms(floor, iters)
-                    row["floor_graph_ms"] = _graph_ms(floor, iters, row, "floor_graph")
+                    row["floor_ms"] = median_ms(floor, iters)
+                    row["floor_graph_ms"] = graph_ms(floor, iters, row, "floor_graph")
                     row["rows_sent"] = plan.send_rows.numel()
                     row["bytes_each_way"] = send.numel() * send.element_size()
             row["explain"] = str(layers["all-to-all"].explain()).splitlines()[-3:]
         rows.append(row)
     return rows
-
-
-def _union(spans):
-    merged = []
-    for a, b in sorted(spans):
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return merged
-
-
-def _overlap_us(xs, ys) -> float:
-    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in _union(xs) for b0, b1 in _union(ys))
-
-
-def profile_overlap(name: str, tokens: int, device, out_dir: str) -> dict:
-    """A preset's EP forward with shared experts (fixed capacity; the kernel runs them between issuing
-    the dispatch and waiting for it): median ms eager, eager with ``use_decode_graphs`` (one call
-    timed from the host) and replayed from a CUDA graph, the graph
-    replay without the shared experts and of the shared experts alone (the time the overlap saves:
-    without + alone - with), and a profile of 5 replays: how long NCCL's kernels ran while other
-    kernels ran too. Writes the Chrome trace of each rank."""
-    from torch.profiler import ProfilerActivity, profile
-
-    preset = PRESETS[name]
-    rank = dist.get_rank()
-    torch.manual_seed(0)
-    layer = moekit.MoE(**preset.layer_kwargs(), dtype=torch.bfloat16, device=device,
-                       parallel=moekit.ExpertParallel(max_tokens_per_rank=tokens))
-    x = torch.randn(tokens, preset.hidden_size, device=device, dtype=torch.bfloat16)
-    row = {"preset": name, "tokens": tokens, "rank": rank}
-    with torch.no_grad():
-        for _ in range(3):
-            layer(x)
-        row["forward_ms"] = _median_ms(lambda: layer(x), 20)
-        row["forward_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "forward_graph")
-        layer.use_decode_graphs(tokens)  # eager calls replaying the layer's own graph
-        layer(x)
-        row["forward_decode_graphs_ms"] = _median_ms(lambda: layer(x), 20)
-        layer.use_decode_graphs(None)
-        shared = layer.shared_experts
-        row["shared_alone_graph_ms"] = _graph_ms(lambda: shared(x), 20, row, "shared_alone")
-        layer.shared_experts = None
-        row["no_shared_graph_ms"] = _graph_ms(lambda: layer(x), 20, row, "no_shared")
-        layer.shared_experts = shared
-        graph = torch.cuda.CUDAGraph()  # one forward per replay, for the trace
-        with torch.cuda.graph(graph):
-            layer(x)
-        graph.replay()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                graph.replay()
-            torch.cuda.synchronize()
-    path = os.path.join(out_dir, f"ep-trace-{name}-{tokens}-rank{rank}.json")
-    prof.export_chrome_trace(path)
-    kernels = [e for e in json.load(open(path))["traceEvents"] if e.get("ph") == "X" and e.get("cat") == "kernel"]
-    span = lambda e: (e["ts"], e["ts"] + e["dur"])  # noqa: E731
-    nccl = [span(e) for e in kernels if "nccl" in e["name"].lower()]
-    other = [span(e) for e in kernels if "nccl" not in e["name"].lower()]
-    row |= {"replays": 5, "nccl_us": sum(b - a for a, b in _union(nccl)),
-            "nccl_beside_compute_us": _overlap_us(nccl, other), "trace": path}
-    return row
 
 
 def main(argv=None) -> int:
