@@ -9,7 +9,6 @@ import torch
 
 import moekit.triton_ops.tile_configs as tc
 from moekit.activations import parse_activation
-from moekit.cli import tune as tune_cli
 from moekit.cli.main import main
 from moekit.experts.reference import ReferenceExperts
 from moekit.quant import method_for
