@@ -384,7 +384,9 @@ class MoE(nn.Module):
         if max_tokens is None:
             self._decode_graphs = None
             return
-        if self.parallel is not None and not (self.kernel.prepare_finalize.name == "all-to-all (fixed capacity)"
+        from moekit.ep.all_to_all_padded import PaddedAllToAllPrepareFinalize
+
+        if self.parallel is not None and not (isinstance(self.kernel.prepare_finalize, PaddedAllToAllPrepareFinalize)
                                               and self.parallel.max_tokens_per_chunk is None):
             raise ValueError(f"decode graphs need a forward without host syncs: this expert-parallel layer moves "
                              f"tokens by {self.kernel.prepare_finalize.name}"

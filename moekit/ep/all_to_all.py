@@ -81,5 +81,10 @@ def exchange_rows(comm: Collectives, payload: torch.Tensor, meta: torch.Tensor, 
     wait_meta()
     if fp8:
         recv_x = fp8_dispatch.decode(recv_x, recv_meta[:, 2 * top_k:], dtype)
-    return PreparedTokens(x=recv_x, topk_weights=recv_meta[:, top_k:2 * top_k].contiguous().view(torch.float32),
-                          topk_ids=recv_meta[:, :top_k].contiguous(), plan=plan, overlapped=overlapped)
+    ids, weights = split_messages(recv_meta, top_k)
+    return PreparedTokens(x=recv_x, topk_weights=weights, topk_ids=ids, plan=plan, overlapped=overlapped)
+
+
+def split_messages(words: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Received messages [R, >= 2k] int32 -> (local ids [R, k] int32, weights [R, k] fp32), contiguous."""
+    return words[:, :top_k].contiguous(), words[:, top_k:2 * top_k].contiguous().view(torch.float32)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from moekit.ep import fp8_dispatch
-from moekit.ep.all_to_all import exchange_rows
+from moekit.ep.all_to_all import exchange_rows, split_messages
 from moekit.ep.collectives import Collectives
 from moekit.ep.placement import ExpertPlacement, route_pairs
 from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on_input
@@ -24,7 +24,7 @@ from moekit.kernel.prepare_finalize import PreparedTokens, add_shared, weight_on
 def packed_width(hidden: int, top_k: int, dtype: torch.dtype) -> int | None:
     """Elements of x's dtype per packed row (the row, then its message: 2k int32 words), or None
     where the words cannot sit on 4-byte boundaries of such a row (then two all-to-alls)."""
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     if (8 * top_k) % size or (hidden * size) % 4:
         return None
     return hidden + 8 * top_k // size
@@ -55,7 +55,7 @@ class PaddedAllToAllPrepareFinalize:
         world, cap, hidden = self.comm.world_size, self.capacity, x.shape[1]
         splits = [cap] * world
         if self.pack_rows and not self.fp8_dispatch and packed_width(hidden, top_k, x.dtype) is not None:
-            return self._exchange_packed(x, topk_weights, topk_ids, overlap, PaddedPlan(num_tokens))
+            return self._exchange_packed(x, topk_weights, topk_ids, splits, overlap, PaddedPlan(num_tokens))
         meta = self.messages(topk_ids, topk_weights, extra_columns=1 if self.fp8_dispatch else 0)
         dtype = x.dtype
         if self.fp8_dispatch:
@@ -69,12 +69,12 @@ class PaddedAllToAllPrepareFinalize:
         return exchange_rows(self.comm, rows.reshape(world * cap, hidden), meta, splits, splits, top_k, dtype,
                              self.fp8_dispatch, overlap, PaddedPlan(num_tokens))
 
-    def _exchange_packed(self, x, topk_weights, topk_ids, overlap, plan) -> PreparedTokens:
+    def _exchange_packed(self, x, topk_weights, topk_ids, splits, overlap, plan) -> PreparedTokens:
         """Rows and messages in one all-to-all: each row carries its token's message after it."""
-        world, cap, hidden, top_k = self.comm.world_size, self.capacity, x.shape[1], topk_ids.shape[1]
-        packed = self.packed_messages(x, topk_ids, topk_weights).reshape(world * cap, -1)
+        hidden, top_k = x.shape[1], topk_ids.shape[1]
+        packed = self.packed_messages(x, topk_ids, topk_weights).reshape(sum(splits), -1)
         received = torch.empty_like(packed)
-        wait = self.comm.start_all_to_all(received, packed, [cap] * world, [cap] * world,
+        wait = self.comm.start_all_to_all(received, packed, splits, splits,
                                           "dispatch of token rows and their expert ids")
         overlapped = overlap() if overlap is not None else None
         wait()
@@ -83,8 +83,7 @@ class PaddedAllToAllPrepareFinalize:
 
             ids, weights = unpack_messages(received, hidden, top_k)
         else:
-            words = received[:, hidden:].view(torch.int32)
-            ids, weights = words[:, :top_k].contiguous(), words[:, top_k:2 * top_k].contiguous().view(torch.float32)
+            ids, weights = split_messages(received[:, hidden:].view(torch.int32), top_k)
         # (the rows stay a strided view: the experts read them in place)
         return PreparedTokens(x=received[:, :hidden], topk_weights=weights, topk_ids=ids, plan=plan,
                               overlapped=overlapped)
