@@ -25,6 +25,24 @@ def test_shipped_tables_cover_the_benchmark_buckets(shape, device):
         assert meta["device"] == device
 
 
+@pytest.mark.parametrize("scheme", ["fp8-per-channel", "fp8-per-tensor"])
+@pytest.mark.parametrize("shape", SHIPPED_SHAPES[:4])
+def test_shipped_quant_tables_serve_prefill_and_leave_decode_to_the_defaults(shape, scheme):
+    # tuned on an H200 at 256 and 4096 tokens only (decode tiles measured no better than the defaults)
+    from moekit.quant import method_for
+
+    key = tc.TableKey("NVIDIA H200", *shape, torch.bfloat16, True, scheme)
+    table = tc.load_table(key)
+    assert sorted(table) == [256, 4096], key.file_name()
+    spec = method_for(scheme).spec
+    for tokens, tiles in table.items():
+        for gemm, gated in ((tiles.gemm1, True), (tiles.gemm2, False)):
+            assert gemm in gemm_candidates(tiles.block_m, gated, 2, spec)  # a candidate the tuner may pick
+        assert tc.tiles_for(key, tokens)[1].startswith(f"tuned {key.file_name()}")
+    assert tc.tiles_for(key, 16) == (tc.default_tiles(key, 16), "default heuristic")
+    assert tc.tiles_for(key, 16384)[0] == table[4096]
+
+
 def test_nearest_bucket_in_log_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(tc, "CONFIG_DIR", tmp_path)
     tc.load_table.cache_clear()
@@ -34,9 +52,12 @@ def test_nearest_bucket_in_log_scale(tmp_path, monkeypatch):
     path = tc.write_table(key, {1: small, 1024: large}, {"device": "Some GPU"}, tmp_path)
     assert path.name == "E16-k2-H64-I32-bfloat16-Some_GPU.json"
     assert tc.tiles_for(key, 1) == (small, f"tuned {path.name} bucket 1")
-    assert tc.tiles_for(key, 31)[0] == small  # log2: 31 is nearer 1 than 1024
-    assert tc.tiles_for(key, 33)[0] == large
-    assert tc.tiles_for(key, 10**6)[0] == large
+    assert tc.tiles_for(key, 4)[0] == small  # log2: up to 4x away
+    assert tc.tiles_for(key, 256)[0] == large
+    assert tc.tiles_for(key, 10**6)[0] == large  # past the largest bucket: prefill tiles hold
+    # 31 is nearer 1 than 1024, but far from both: the default heuristic, not tiles of another regime
+    assert tc.tiles_for(key, 31) == (tc.default_tiles(key, 31), "default heuristic")
+    assert tc.tiles_for(key, 2000)[0] == large
     tc.load_table.cache_clear()
 
 

@@ -3,7 +3,7 @@ default heuristic that serves any shape without one.
 
 A table is a JSON file in ``moekit/triton_ops/configs/`` (written by ``moekit tune``), named by
 device, shape and dtype, mapping token counts (buckets) to a config; a call takes the bucket
-nearest its token count (in log scale). Both GEMMs share ``block_m``, the row block of the
+nearest its token count (in log scale) if it is near enough (MAX_BUCKET_DISTANCE). Both GEMMs share ``block_m``, the row block of the
 expert alignment; each has its own N/K tiles, warps and pipeline depth.
 """
 
@@ -70,14 +70,22 @@ class TableKey:
                 f"{dtype}{gate}{quant}-{device}.json")
 
 
+# A tuned bucket serves token counts up to 4x away (log2 distance 2), and every count past the
+# table's largest (prefill tiles hold there); a count farther from every bucket (a table tuned at a
+# few buckets only) takes the default heuristic rather than tiles measured for another regime.
+MAX_BUCKET_DISTANCE = 2
+
+
 def tiles_for(key: TableKey, num_tokens: int, gemv: bool = True) -> tuple[ExpertsTiles, str]:
     """The tiles for this call, and where they came from ("tuned <file> bucket N" or "default").
     ``gemv=False``: weights the decode GEMV cannot run (act-order g_idx) never get its row blocks;
     a tuned bucket of the GEMV gives way to the default heuristic's tensor-core tiles."""
     table = load_table(key)
+    tokens = max(num_tokens, 1)
     if table:
-        bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(max(num_tokens, 1))))
-        if gemv or table[bucket].block_m > GEMV_MAX_BLOCK_M:
+        bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(tokens)))
+        near = abs(math.log2(bucket) - math.log2(tokens)) <= MAX_BUCKET_DISTANCE or tokens > max(table)
+        if near and (gemv or table[bucket].block_m > GEMV_MAX_BLOCK_M):
             return table[bucket], f"tuned {key.file_name()} bucket {bucket}"
     return default_tiles(key, num_tokens, gemv), "default heuristic"
 

@@ -3,8 +3,8 @@ bucket; the table is keyed by ``TableKey(..., quant=scheme)``.
 
 It goes only through the backend's public call, ``TritonExperts().apply(..., tiles=candidate)``, never
 the kernels' launch functions (the quantized kernels own those and may change them): so each
-candidate is timed as a whole experts forward (weight-only schemes at about a row per expert also
-try the decode GEMV's row blocks of 1 and 2). Per bucket and row block (block_m), gemm1's tiles
+candidate is timed as a whole experts forward replayed from a CUDA graph (weight-only schemes at
+about a row per expert also try the decode GEMV's row blocks of 1 and 2). Per bucket and row block (block_m), gemm1's tiles
 are searched with gemm2's held at the default heuristic's, then gemm2's with gemm1's best; the
 block_m whose best forward is fastest wins. Every candidate's output is checked against the
 reference backend on the same quantized weights (activation quantization included): a candidate
@@ -63,9 +63,18 @@ class QuantProblem:
 
 
 def default_bench_ms(fn: Callable[[], object]) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay (as ``moekit
+    bench`` times the forward). Timed eagerly, a decode forward measures its launches' host time
+    (~150 µs on the H200 machines against ~40 µs of GPU time at 1 token): the tuner picked noise."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
+    from moekit.bench.timing import capture_rotation
+
+    replay = capture_rotation(lambda _: fn(), [None])
+    try:
+        return triton.testing.do_bench(replay, warmup=5, rep=25, return_mode="median")
+    finally:
+        del replay
 
 
 def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, device: str = "cuda",
