@@ -28,7 +28,7 @@ from moekit.triton_ops.activation_quant import RowMap, quantize_rows
 from moekit.triton_ops.align import align_pairs_by_expert
 from moekit.triton_ops.experts_kernels import fused_experts
 from moekit.triton_ops.quant_gemm import quant_block_k
-from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles
+from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, default_tiles, tiles_for
 
 SCHEMES = sorted(METHODS)
 W8A8 = [s for s in SCHEMES if not METHODS[s].spec.weight_only]
@@ -122,6 +122,50 @@ def test_every_scheme_matches_reference(scheme):
 def test_k_not_a_multiple_of_the_k_step(scheme, hidden, inter):
     case = make_case(scheme, tokens=7, hidden=hidden, inter=inter, bias=True)
     assert relative_error(triton_out(case), reference(case).double()) <= 1e-3
+
+
+WEIGHT_ONLY = [s for s in SCHEMES if METHODS[s].spec.weight_only]
+
+
+@pytest.mark.parametrize("scheme", WEIGHT_ONLY)
+def test_swapped_weight_only_loop_matches_reference(scheme):
+    # out^T = W @ x^T (weight_only_swapped.py): K steps of 64 cut to one 32- or 16-column group, or
+    # inside a group of 64/128 or a per-channel scale; 16 weight rows per program; 11 tokens, an empty
+    # expert, biases, and the interleaved clamped SwiGLU for every other scheme.
+    odd = WEIGHT_ONLY.index(scheme) % 2
+    case = make_case(scheme, tokens=11, bias=True, activation="swigluoai" if odd else "silu",
+                     layout=GateUpLayout.INTERLEAVED if odd else GateUpLayout.CONCATENATED)
+    swapped = ExpertsTiles(16, GemmTiles(16, 64, 1, swap_ab=True), GemmTiles(32, 32, 1, swap_ab=True))
+    assert relative_error(triton_out(case, swapped), reference(case).double()) <= 1e-3
+
+
+@pytest.mark.parametrize("scheme,hidden,inter,dtype", [
+    ("mxfp4", 160, 96, torch.float32),  # K tails past the K steps
+    ("nvfp4", 144, 80, torch.float16),
+    ("w4a16-g32-asym", 96, 160, torch.float16),
+    ("w8a16-ch", 224, 96, torch.float32),
+])
+def test_swapped_weight_only_loop_k_tails_and_fp16(scheme, hidden, inter, dtype):
+    case = make_case(scheme, tokens=7, hidden=hidden, inter=inter, bias=True, dtype=dtype)
+    swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(16, 64, 1, swap_ab=True))
+    tol = 1e-3 if dtype == torch.float32 else 1e-2
+    assert relative_error(triton_out(case, swapped), reference(case).double()) <= tol
+
+
+def test_swapped_tiles_refused_where_the_swapped_loop_does_not_run():
+    swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(32, 32, 1))
+    for case in (make_case("fp8-per-channel", tokens=3), make_case("w4a16-g32-asym", tokens=3, g_idx=True)):
+        with pytest.raises(ValueError, match="swap_ab"):
+            triton_out(case, swapped)
+    # act-order weights (gemv=False) get swapped default tiles unswapped
+    key = TableKey("Some GPU", 5, 2, 128, 128, torch.float16, True, "w4a16-g32")
+    assert default_tiles(key, 4096).gemm1.swap_ab
+    assert not tiles_for(key, 4096, gemv=False)[0].gemm1.swap_ab
+
+
+def test_swapped_k_step_stays_in_one_group():
+    for scheme, asked, step in [("mxfp4", 128, 32), ("nvfp4", 64, 16), ("w4a16-g128", 64, 64), ("w8a16-ch", 256, 256)]:
+        assert quant_block_k(METHODS[scheme].spec, asked, swap_ab=True) == step
 
 
 @pytest.mark.parametrize("scheme", ["w4a16-g32-asym", "w8a16-g64-asym", "w4a16-g128"])
@@ -258,11 +302,11 @@ def test_default_quant_tiles_are_sound(scheme, tokens):
         assert g.block_k >= 32 and g.block_n >= 16  # fp8 / int8 dots take K steps of 32
         if not spec.weight_only and spec.act_group > 0:
             assert 128 % g.block_k == 0
-    if spec.weight_only:  # the weight-only loop: at most two scale groups per K step, 16 columns per dot
+    if spec.weight_only and tiles.block_m > 4:  # tensor cores: the swapped loop, one scale group per K step
         for g in (tiles.gemm1, tiles.gemm2):
-            k_step = quant_block_k(spec, g.block_k)
-            assert k_step >= (32 if spec.weight.packed else 16)
-            assert spec.group_k == 0 or k_step <= 2 * spec.group_k
+            assert g.swap_ab
+            k_step = quant_block_k(spec, g.block_k, swap_ab=True)
+            assert k_step >= 16 and (spec.group_k == 0 or k_step <= spec.group_k)
 
 
 # -- number formats in Triton ---------------------------------------------------------------------

@@ -242,6 +242,9 @@ def fused_experts(
                                                                 or tiles.block_m > GEMV_MAX_BLOCK_M):
         raise ValueError(f"split_k > 1 ({tiles}) is for the decode GEMV only: weight-only quantized weights "
                          "with block_m 1, 2 or 4")
+    if (tiles.gemm1.swap_ab or tiles.gemm2.swap_ab) and not _swap_runs(quant, w13, w2, tiles.block_m):
+        raise ValueError(f"swap_ab ({tiles}) is for the weight-only tensor-core GEMMs only: weight-only quantized "
+                         f"weights without act-order g_idx, block_m > {GEMV_MAX_BLOCK_M}")
     topk_ids = topk_ids.contiguous()
     if num_tokens == 1 and (quant is None or tiles.block_m <= GEMV_MAX_BLOCK_M):
         # one token: no alignment launch (align.pairs_in_place); quantized tensor-core kernels still align
@@ -265,6 +268,12 @@ def fused_experts(
     launch_gemm2(activated, w2, w2_bias, topk_weights, aligned, pair_rows, tiles.gemm2, quant=quant, a_scale=a2_scale)
     launch_sum(pair_rows, topk_ids, num_experts, out)
     return out
+
+
+def _swap_runs(quant: QuantSpec | None, w13, w2, block_m: int) -> bool:
+    """Whether the swapped weight-only loop (weight_only_swapped.py) runs these weights and rows."""
+    return (quant is not None and quant.weight_only and block_m > GEMV_MAX_BLOCK_M and w13.g_idx is None
+            and w2.g_idx is None)
 
 
 def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation: Activation,

@@ -34,6 +34,7 @@ from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, GemmTiles
 from moekit.triton_ops.weight_only_gemv import (GemvOperand, gemv_supports, launch_gemv_gemm1,
                                                 launch_gemv_gemm2)
 from moekit.triton_ops.weight_only_loop import weight_only_mainloop
+from moekit.triton_ops.weight_only_swapped import weight_only_swapped_mainloop
 
 WFMT = {WeightFormat.FP8: 0, WeightFormat.INT8: 1, WeightFormat.UINT4: 2, WeightFormat.E2M1: 3}
 SFMT = {ScaleFormat.FP32: 0, ScaleFormat.E8M0: 1, ScaleFormat.E4M3: 2}
@@ -98,7 +99,8 @@ def _gemm1_quant(
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
+    SCALE_WORDS: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -113,7 +115,12 @@ def _gemm1_quant(
     s_base = ws_ptr + expert * stride_se
     z_base = wz_ptr + expert * stride_se
     g_base = wg_ptr + expert * stride_ge
-    if A_QUANT == 0 and not HAS_G_IDX:
+    if A_QUANT == 0 and not HAS_G_IDX and SWAP_AB:
+        acc_g, acc_u = weight_only_swapped_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base,
+                                                    gate_rows, up_rows, col_ok, stride_wn, stride_wk, stride_sn,
+                                                    stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
+                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    elif A_QUANT == 0 and not HAS_G_IDX:
         acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
                                             up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
                                             SFMT, GROUP_K, HAS_ZERO, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -184,7 +191,7 @@ def _gemm2_quant(
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -199,7 +206,12 @@ def _gemm2_quant(
     z_base = wz_ptr + expert * stride_se
     g_base = wg_ptr + expert * stride_ge
     all_rows = rows >= 0
-    if A_QUANT == 0 and not HAS_G_IDX:
+    if A_QUANT == 0 and not HAS_G_IDX and SWAP_AB:
+        acc, _unused = weight_only_swapped_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base,
+                                                    cols, cols, col_ok, stride_wn, stride_wk, stride_sn, stride_sk,
+                                                    False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
+                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+    elif A_QUANT == 0 and not HAS_G_IDX:
         acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
                                             col_ok, stride_wn, stride_wk, stride_sn, stride_sk, False, WFMT, SFMT,
                                             GROUP_K, HAS_ZERO, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
@@ -249,6 +261,17 @@ def _weight_args(m: QuantizedMatrix):
                                                   g_idx.stride(0) if m.g_idx is not None else 0)
 
 
+def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, g: GemmTiles, k: int) -> bool:
+    """Whether the swapped loop reads one-byte group scales four groups at a time, as aligned 32-bit
+    words (weight_only_swapped.py): K steps of one group, every row's groups filling whole words (no
+    word reaches past its row), the tensor starting on a word, no zero points. On the CPU (the
+    interpreter) the words are read too, so the path is tested."""
+    return (g.swap_ab and spec.weight_only and spec.group_k > 0 and m.zero is None and scale.dtype == torch.uint8
+            and quant_block_k(spec, g.block_k, swap_ab=True) == spec.group_k and k % (4 * spec.group_k) == 0
+            and scale.stride(2) == 1 and scale.stride(1) % 4 == 0 and scale.stride(0) % 4 == 0
+            and scale.shape[2] % 4 == 0 and scale.data_ptr() % 4 == 0)
+
+
 def _weight_constexprs(spec: QuantSpec, m: QuantizedMatrix) -> dict:
     return dict(WFMT=WFMT[spec.weight], SFMT=SFMT[spec.scale_format], GROUP_N=spec.group_n, GROUP_K=spec.group_k,
                 HAS_ZERO=m.zero is not None, HAS_G_IDX=m.g_idx is not None and spec.group_k > 0,
@@ -259,16 +282,20 @@ def _act_group(spec: QuantSpec) -> int:
     return -1 if spec.act_group == ACT_PER_TENSOR else spec.act_group
 
 
-def quant_block_k(spec: QuantSpec, block_k: int, g_idx: bool = False) -> int:
+def quant_block_k(spec: QuantSpec, block_k: int, g_idx: bool = False, swap_ab: bool = False) -> int:
     """The K step the kernels can take for a requested one. K-blocked w8a8 scales need it to divide
     the block (128). The weight-only loop spans at most two scale groups per step and needs 16
-    columns per dot (32 for packed codes: two dots of the even and odd columns)."""
+    columns per dot (32 for packed codes: two dots of the even and odd columns). The swapped loop
+    stays within one scale group: a step spanning two made Triton take the dequantized tile through
+    shared memory (sm90 SASS: STS + LDSM per step)."""
     if not spec.weight_only:
         if spec.act_group > 0 or spec.group_k > 0:
             return min(block_k, spec.act_group if spec.act_group > 0 else spec.group_k)
         return block_k
     if g_idx:
         return block_k
+    if swap_ab:
+        return max(min(block_k, spec.group_k) if spec.group_k > 0 else block_k, 16)
     if spec.group_k > 0:
         block_k = min(block_k, 2 * spec.group_k)
     return max(block_k, 32 if spec.weight.packed else 16)
@@ -308,7 +335,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     rows, block_m = aligned.rows, aligned.block_m
     hidden = x_codes.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
-    block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None)
+    block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None, g.swap_ab)
     out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
     out_amax = w8a8 and spec.act_group == ACT_PER_TENSOR and not spec.act_static
     device = x_codes.device
@@ -336,7 +363,8 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              **_weight_constexprs(spec, w13), A_QUANT=AQUANT[spec.act], A_GROUP=_act_group(spec),
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g, hidden)),
         g.num_warps, g.num_stages)
     return out
 
@@ -357,7 +385,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
     rows, block_m = aligned.rows, aligned.block_m
     hidden = w2.data.shape[1]
     inter = a.shape[1]
-    block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None)
+    block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None, g.swap_ab)
     bias = w2_bias if w2_bias is not None else out_rows
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w2)
     LAST_COMPILED["gemm2"] = launch(
@@ -369,7 +397,8 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
          bias.stride(0), bias.stride(-1), out_rows.stride(0)),
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
-             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0),
+             BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g, inter)),
         g.num_warps, g.num_stages)
     return out_rows
 

@@ -9,6 +9,7 @@ expert alignment; each has its own N/K tiles, warps and pipeline depth.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -33,6 +34,7 @@ class GemmTiles:
     num_stages: int = 3
     tma: bool = False  # weight tiles by the tensor-memory accelerator (Hopper) where the tensor allows
     split_k: int = 1  # parts of K in programs of their own, summed after (the decode GEMV only)
+    swap_ab: bool = False  # weight-only tensor-core GEMMs: out^T = W @ x^T (weight_only_swapped.py)
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,21 @@ MAX_BUCKET_DISTANCE = 2
 
 def tiles_for(key: TableKey, num_tokens: int, gemv: bool = True) -> tuple[ExpertsTiles, str]:
     """The tiles for this call, and where they came from ("tuned <file> bucket N" or "default").
-    ``gemv=False``: weights the decode GEMV cannot run (act-order g_idx) never get its row blocks;
-    a tuned bucket of the GEMV gives way to the default heuristic's tensor-core tiles."""
+    ``gemv=False``: act-order (g_idx) weights, which neither the decode GEMV nor the swapped weight-only
+    loop runs: a tuned bucket of the GEMV gives way to the default heuristic's tensor-core tiles, and
+    swapped tiles run unswapped."""
     table = load_table(key)
     tokens = max(num_tokens, 1)
+    tiles, source = default_tiles(key, num_tokens, gemv), "default heuristic"
     if table:
         bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(tokens)))
         near = abs(math.log2(bucket) - math.log2(tokens)) <= MAX_BUCKET_DISTANCE or tokens > max(table)
         if near and (gemv or table[bucket].block_m > GEMV_MAX_BLOCK_M):
-            return table[bucket], f"tuned {key.file_name()} bucket {bucket}"
-    return default_tiles(key, num_tokens, gemv), "default heuristic"
+            tiles, source = table[bucket], f"tuned {key.file_name()} bucket {bucket}"
+    if not gemv and (tiles.gemm1.swap_ab or tiles.gemm2.swap_ab):
+        tiles = dataclasses.replace(tiles, gemm1=dataclasses.replace(tiles.gemm1, swap_ab=False),
+                                    gemm2=dataclasses.replace(tiles.gemm2, swap_ab=False))
+    return tiles, source
 
 
 def tiles_for_call(device: torch.device, w2_shape, ids_shape, dtype: torch.dtype, gated: bool,
@@ -147,13 +154,13 @@ def _default_quant_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> E
     chosen from sm90 builds without spills (registers read from the compiled kernels).
 
     Decode streams the weights. Weight-only schemes at one row per expert or fewer take the CUDA-core
-    GEMV (weight_only_gemv.decode_gemv_tiles). w8a8: 64-wide tiles with 256-wide K steps (fp8-block128 takes 128)
-    measured best on an H200 (1.1-1.3x faster than 16-wide: narrow tiles made ~1.1 waves of
+    GEMV (weight_only_gemv.decode_gemv_tiles). w8a8: 64-wide tiles with 256-wide K steps (fp8-block128
+    takes 128) measured best on an H200 (1.1-1.3x faster than 16-wide: narrow tiles made ~1.1 waves of
     programs at DeepSeek-V3, half of the last wave idle).
-    Weight-only: the dequantization is paid per weight element whatever the rows, so wider tiles
-    (32 / 64) that share the activations' handling over more weight columns measured best (a tile
-    sweep on an H200 at Qwen3-30B and gpt-oss shapes, 1 and 16 tokens). Weight-only prefill keeps the bf16 shapes with 128-wide K steps (the dequantization is paid
-    once per weight tile, shared by BLOCK_M rows). w8a8 prefill runs fp8 / int8 tensor cores with
+    Weight-only on tensor cores: the swapped loop (_default_weight_only_tiles); act-order weights
+    (g_idx), which it does not run, keep the unswapped loop's tiles: 32/64-wide tiles at decode (a
+    sweep on an H200 at Qwen3-30B and gpt-oss shapes, 1 and 16 tokens), the bf16 shapes with 128-wide
+    K steps in prefill. w8a8 prefill runs fp8 / int8 tensor cores with
     K steps of 128 (one fp8-block128 scale block); int8 takes 128-row tiles (1.05-1.1x faster than
     64-row ones at Qwen3-30B and DeepSeek-V3), fp8 keeps 64 rows: the per-step fp32 promotion of
     its accumulator makes the larger tiles slower. gemm1's BLOCK_N 128 is one 128-column activation
@@ -171,7 +178,9 @@ def _default_quant_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> E
                                    num_tokens)
         if decode is not None:
             return decode
-    if rows_per_expert <= 16 and spec.weight_only:  # H200 sweep (weight_only_loop): 32/64-wide tiles
+    if spec.weight_only and gemv:
+        return _default_weight_only_tiles(rows_per_expert)
+    if rows_per_expert <= 16 and spec.weight_only:  # act-order weights (g_idx): the unswapped loop
         k_step = 64 if spec.weight.packed else 128
         return ExpertsTiles(16, GemmTiles(32, k_step, 1, 4, 2), GemmTiles(64, k_step, 1, 4, 2))
     if rows_per_expert <= 16:  # H200 sweep (fp8-per-channel, 4 shapes, 1 and 16 tokens)
@@ -186,6 +195,20 @@ def _default_quant_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> E
     if rows_per_expert <= 160:
         return ExpertsTiles(64, GemmTiles(64, 128, 8, 4, 3), GemmTiles(128, 128, 8, 8, 3))
     return ExpertsTiles(128, GemmTiles(64, 128, 8, 8, 3), GemmTiles(128, 128, 8, 8, 3))
+
+
+def _default_weight_only_tiles(rows_per_expert: float) -> ExpertsTiles:
+    """Weight-only tensor-core tiles: the swapped loop (weight_only_swapped.py), block_n weight rows
+    per program on wgmma's M side (64 per warpgroup, so no warpgroup dequantizes another's rows), the
+    row block on its N side; K steps of 64-128, cut to one scale group by the kernel (mxfp4's 32 and
+    nvfp4's 16 then run four groups per pipeline stage). Registers from sm90 builds, no spills: gemm1
+    128 x 128 rows, 8 warps: 241-243; gemm2 128 rows, 4 warps: 199-216."""
+    if rows_per_expert <= 48:
+        block_m, stages = (16, 4) if rows_per_expert <= 16 else (32, 3)
+        g = GemmTiles(64, 128, 1, 4, stages, swap_ab=True)
+        return ExpertsTiles(block_m, g, g)
+    block_m = 64 if rows_per_expert <= 160 else 128
+    return ExpertsTiles(block_m, GemmTiles(128, 64, 8, 8, 3, swap_ab=True), GemmTiles(128, 64, 8, 4, 3, swap_ab=True))
 
 
 EXPLAINED_TOKENS = (1, 16, 256, 4096)  # the token counts explain() shows the tiles of

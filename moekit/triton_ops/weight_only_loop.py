@@ -58,6 +58,15 @@ def _load_step(w_ptrs, s_base, z_base, rows, col_ok, k0, K, stride_wk, stride_sn
         codes = _stored_tile(w_ptrs, col_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
     else:
         codes = _stored_tile(w_ptrs, col_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
+    s0, s1, z0, z1 = step_scales(s_base, z_base, rows, col_ok, k0, K, stride_sn, stride_sk, GROUP_K, HAS_ZERO, BLOCK_K)
+    return codes, s0, s1, z0, z1
+
+
+@triton.jit
+def step_scales(s_base, z_base, rows, col_ok, k0, K, stride_sn, stride_sk, GROUP_K: tl.constexpr,
+                HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The raw [rows] scales and zero points of the (at most two) groups the K step at k0 spans
+    (per-row zero points when a group spans K)."""
     if GROUP_K > 0:
         num_groups = tl.cdiv(K, GROUP_K)
         g0 = k0 // GROUP_K
@@ -84,11 +93,11 @@ def _load_step(w_ptrs, s_base, z_base, rows, col_ok, k0, K, stride_wk, stride_sn
         else:
             z0 = s0
         z1 = z0
-    return codes, s0, s1, z0, z1
+    return s0, s1, z0, z1
 
 
 @triton.jit
-def _code_bits(stored, HIGH: tl.constexpr, WFMT: tl.constexpr):
+def code_bits(stored, HIGH: tl.constexpr, WFMT: tl.constexpr):
     """fp32 values made from the codes' bits, no conversion instruction: e2m1 -> value * 2**-126,
     uint4 -> 2**23 + code, int8 -> 2**23 + 128 + code (see quant_formats)."""
     if WFMT == 1:
@@ -108,7 +117,7 @@ def _code_bits(stored, HIGH: tl.constexpr, WFMT: tl.constexpr):
 
 
 @triton.jit
-def _scale_values(raw, WFMT: tl.constexpr, SFMT: tl.constexpr):
+def scale_values(raw, WFMT: tl.constexpr, SFMT: tl.constexpr):
     """A group's [BLOCK_N] scales as fp32, times the 2**126 e2m1 bits leave out (e4m3 scales take
     2**117 of it; row_weight_factor applies the rest)."""
     if SFMT == 0:
@@ -123,7 +132,7 @@ def _scale_values(raw, WFMT: tl.constexpr, SFMT: tl.constexpr):
 
 
 @triton.jit
-def _offsets(z, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
+def code_offsets(z, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
     """What the code bits carry besides the code minus its zero point (fp32 [BLOCK_N] or scalar)."""
     if HAS_ZERO:
         zero = z.to(tl.float32)
@@ -141,17 +150,17 @@ def _dequantize(stored, s0, s1, z0, z1, HIGH: tl.constexpr, WFMT: tl.constexpr, 
                 GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr, SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[HALF, BLOCK_N] operand tile: rows before SPLIT belong to the first group, the rest to the
     second. A scale spanning K is left to the epilogue."""
-    v = _code_bits(stored, HIGH, WFMT)
+    v = code_bits(stored, HIGH, WFMT)
     first = (tl.arange(0, stored.shape[0]) < SPLIT)[:, None]
     if WFMT != 3:
         if HAS_ZERO and GROUP_K > 0:
-            v = v - tl.where(first, _offsets(z0, WFMT, HAS_ZERO)[None, :], _offsets(z1, WFMT, HAS_ZERO)[None, :])
+            v = v - tl.where(first, code_offsets(z0, WFMT, HAS_ZERO)[None, :], code_offsets(z1, WFMT, HAS_ZERO)[None, :])
         elif HAS_ZERO:
-            v = v - _offsets(z0, WFMT, HAS_ZERO)[None, :]
+            v = v - code_offsets(z0, WFMT, HAS_ZERO)[None, :]
         else:
-            v = v - _offsets(z0, WFMT, HAS_ZERO)
+            v = v - code_offsets(z0, WFMT, HAS_ZERO)
     if GROUP_K > 0:
-        v = v * tl.where(first, _scale_values(s0, WFMT, SFMT)[None, :], _scale_values(s1, WFMT, SFMT)[None, :])
+        v = v * tl.where(first, scale_values(s0, WFMT, SFMT)[None, :], scale_values(s1, WFMT, SFMT)[None, :])
     elif WFMT == 3:
         v = v * E2M1_UNBIAS
     return v.to(DOT_DTYPE)

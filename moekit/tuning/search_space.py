@@ -1,11 +1,11 @@
 """The tile candidates ``moekit tune`` times: per row block (block_m), per GEMM, kept small enough
 that a shape tunes in about a minute on a Hopper GPU, and filtered by shared memory.
 
-Quantized weights (``quant``) change the space: a program's weight tile is 1 byte per element (fp8,
-int8) or half a byte (4-bit codes), so at decode, where the weights stream and each program's bytes
-set its time, 4-bit schemes also try block_k 1024 (and block_n down to 16); the shared-memory filter
-counts the packed bytes; block_k must tile the scheme's K groups; TMA is not tried (descriptors
-for packed codes are the kernel's business, not the tuner's). w8a8 schemes with K-blocked scales
+Quantized weights (``quant``) change the space: weight-only schemes on tensor cores try the swapped
+loop's tiles (weight rows on wgmma's M side, K steps cut to one scale group by the kernel), and at
+about a row per expert the decode GEMV's; the shared-memory filter counts the packed bytes; block_k
+must tile the scheme's K groups; TMA is not tried (descriptors for packed codes are the kernel's
+business, not the tuner's). w8a8 schemes with K-blocked scales
 (fp8-block128) step K within one block (a longer step would be cut to it: a duplicate) and also try
 block_n = the activation group, where gemm1 quantizes gemm2's input in its own epilogue."""
 
@@ -72,12 +72,12 @@ def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant:
     if block_m <= GEMV_MAX_BLOCK_M:
         return gemv_candidates(gated)
     weight_bytes = quant.weight_bits() / 8
-    act_bytes = elem_bytes if quant.weight_only else 1  # w8a8: the kernel's A tile is fp8/int8
-    fused_n = [quant.act_group] if not quant.weight_only and quant.act_group > 0 else []
-    if block_m <= 32:
-        # Decode: per program, packed bytes halve (4-bit): longer K steps keep as many bytes in flight.
-        block_k = [128, 256, 512, 1024] if quant.weight.packed else [128, 256, 512]
-        space = itertools.product(sorted({16, 32, 64, *fused_n}), block_k, [1], [2, 4], [4, 6], [False])
+    if quant.weight_only:
+        return _fitting(swapped_candidates(block_m), block_m, gated, elem_bytes, weight_bytes)
+    # w8a8 from here: the kernel's A tile is fp8 / int8
+    fused_n = [quant.act_group] if quant.act_group > 0 else []
+    if block_m <= 32:  # decode: stream the weights
+        space = itertools.product(sorted({16, 32, 64, *fused_n}), [128, 256, 512], [1], [2, 4], [4, 6], [False])
     elif block_m == 64:
         space = itertools.product(sorted({64, 128, *fused_n}), [64, 128, 256], [8], [4, 8], [3, 4], [False])
     else:
@@ -85,7 +85,19 @@ def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant:
     k_block = w8a8_k_block(quant)
     tiles = [t for t in (GemmTiles(*values) for values in space)
              if tiles_k_groups(t.block_k, quant.group_k) and (k_block is None or t.block_k <= k_block)]
-    return _fitting(tiles, block_m, gated, act_bytes, weight_bytes)
+    return _fitting(tiles, block_m, gated, 1, weight_bytes)
+
+
+def swapped_candidates(block_m: int) -> list[GemmTiles]:
+    """Weight-only tensor-core tiles: the swapped loop (weight_only_swapped.py; act-order weights,
+    which the tuner does not build, run the other). block_n weight rows sit on wgmma's M side, 64 per
+    warpgroup; K steps are cut to one scale group by the kernel, and short ones (mxfp4's 32,
+    nvfp4's 16) want deeper pipelines."""
+    if block_m <= 32:  # decode on tensor cores: stream the weights
+        space = itertools.product([64, 128], [128, 256], [1], [4], [3, 4, 6], [False])
+    else:
+        space = itertools.product([64, 128, 256], [64, 128], [8], [4, 8], [3, 5], [False])
+    return [GemmTiles(*values, swap_ab=True) for values in space if values[0] >= 64 * (values[3] // 4)]
 
 
 def w8a8_k_block(quant: QuantSpec) -> int | None:

@@ -1,0 +1,136 @@
+"""The K loop of the weight-only tensor-core GEMMs with the operands swapped: out^T = W @ x^T.
+
+Why (sm90, read from the compiled kernels): Hopper's wgmma takes its A operand from registers but
+its B operand only from shared memory. With the weights as B (weight_only_loop.py) every
+dequantized tile goes registers -> shared memory -> tensor cores, and Triton's pipeliner does not
+stream a load that reaches a dot through arithmetic: the codes came in by synchronous loads, and
+prefill ran at 0.2-0.5x the bf16 forward. With the weights as A:
+
+- the codes and scales stream into shared memory by asynchronous copies (the pipeliner reads
+  shared -> registers in the dot's operand layout, then the dequantization runs in registers);
+- the dequantized tile feeds wgmma from registers: no store back to shared memory;
+- the two nibbles of a byte are neighbouring K columns, and a thread's A-operand registers hold
+  pairs of neighbouring K columns: joining the low and high nibble values and merging that pair
+  into K costs no data movement;
+- the activations (the B operand, x^T) stream in by asynchronous copies as for bf16.
+
+A K step stays within one scale group (quant_gemm.quant_block_k): one scale and zero point per
+weight row. Dequantization per element: the code's bits made an fp32 (quant_formats), minus the
+zero point (integer formats), times the group scale, then half a conversion. A scale spanning K (per channel)
+and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
+as weight_only_loop.weight_only_mainloop's, so the kernels' epilogues do not change.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moekit.triton_ops.quant_formats import E2M1_UNBIAS
+from moekit.triton_ops.weight_only_loop import code_bits, code_offsets, scale_values, step_scales
+
+
+@triton.jit
+def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EVEN_K: tl.constexpr):
+    """The stored [BLOCK_N, HALF] codes (bytes for packed formats) from stored column ``first``;
+    ``ptrs`` point at column 0 of the tile's rows."""
+    if EVEN_K:
+        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None], other=0)
+    else:
+        kk = first + tl.arange(0, HALF)
+        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None] & (kk < stored_k)[None, :], other=0)
+
+
+@triton.jit
+def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
+                      GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """fp32 [BLOCK_N, HALF] values of stored codes (the high nibbles with HIGH), all in one scale group
+    (per row: ``s``, ``z``)."""
+    v = code_bits(stored, HIGH, WFMT)
+    if WFMT != 3:
+        if HAS_ZERO:
+            v = v - code_offsets(z, WFMT, HAS_ZERO)[:, None]
+        else:
+            v = v - code_offsets(z, WFMT, HAS_ZERO)
+    if GROUP_K > 0:
+        v = v * scale_values(s, WFMT, SFMT)[:, None]
+    elif WFMT == 3:
+        v = v * E2M1_UNBIAS
+    return v
+
+
+@triton.jit
+def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                    WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+                    SCALE_WORDS: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0 (within one scale group:
+    quant_gemm.quant_block_k), in DOT_DTYPE."""
+    if SCALE_WORDS:  # byte scales: byte SUB of the word of four groups loaded by the caller
+        s = (s_word >> (8 * SUB)) & 0xFF
+        z = s
+    else:
+        s, _s1, z, _z1 = step_scales(s_base, z_base, rows, row_ok, k0, K, stride_sn, stride_sk, GROUP_K, HAS_ZERO,
+                                     BLOCK_K)
+    if WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
+        stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
+        lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+        hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    else:
+        stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
+        w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+    return w.to(DOT_DTYPE)
+
+
+@triton.jit
+def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
+                                 w_base, s_base, z_base, gate_rows, up_rows, col_ok,
+                                 stride_wn, stride_wk, stride_sn, stride_sk,
+                                 GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                                 HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                 EVEN_K: tl.constexpr):
+    """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
+    acc_up zeros when not GATED), computed as W @ x^T. SCALE_WORDS: one-byte scales (e8m0, e4m3) read
+    as the aligned 32-bit word of four groups, which the pipeliner streams by asynchronous copies
+    like the codes (a one-byte load it leaves synchronous: the loop waited on it every step)."""
+    PACKED: tl.constexpr = WFMT >= 2
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = a_base + a_rows[:, None] * stride_am + ks[None, :]
+    kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
+    g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
+    u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
+    acc_g = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    # With SCALE_WORDS a step is four K steps, one per byte of the scale words (bytes picked by constant
+    # shifts: selecting by the loop-varying group made Triton take the dequantized tile through shared
+    # memory every step, sm90 SASS).
+    STEPS: tl.constexpr = 4 if SCALE_WORDS else 1
+    g_word = gate_rows
+    u_word = up_rows
+    for k_outer in range(0, K, STEPS * BLOCK_K):
+        if SCALE_WORDS:
+            word_col = (k_outer // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
+            g_word = tl.load((s_base + gate_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32), bitcast=True),
+                             mask=col_ok, other=0)
+            if GATED:
+                u_word = tl.load((s_base + up_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32),
+                                                                              bitcast=True), mask=col_ok, other=0)
+        for sub in tl.static_range(STEPS):
+            k0 = k_outer + sub * BLOCK_K
+            if EVEN_K:
+                a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None], other=0.0)
+            else:
+                a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
+            a_t = tl.trans(a)
+            w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn,
+                                stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, sub, BLOCK_N, BLOCK_K, EVEN_K,
+                                a.dtype)
+            acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
+            if GATED:
+                u = _weight_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn,
+                                    stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, sub, BLOCK_N, BLOCK_K,
+                                    EVEN_K, a.dtype)
+                acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
+    return tl.trans(acc_g), tl.trans(acc_u)
