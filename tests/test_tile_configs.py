@@ -99,6 +99,7 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     plan = tile_plan(key)
     assert plan[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x512")
     assert "4096 tokens: 128-row blocks" in plan[-1] and all(line.endswith("(default heuristic)") for line in plan)
+    assert plan[-1].count("swapped (W @ x^T)") == 2  # weight-only tensor-core tiles: the swapped loop
     split = ExpertsTiles(1, GemmTiles(16, 512), GemmTiles(32, 512, split_k=4))
     assert describe_tiles(split).endswith("gemm2 32x512, 4 warps, K split in 4")
     layer = moekit.MoE(128, 8, 64, 32, quant="w4a16-g32")  # on the CPU: no tiles shown

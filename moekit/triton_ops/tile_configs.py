@@ -3,8 +3,9 @@ default heuristic that serves any shape without one.
 
 A table is a JSON file in ``moekit/triton_ops/configs/`` (written by ``moekit tune``), named by
 device, shape and dtype, mapping token counts (buckets) to a config; a call takes the bucket
-nearest its token count (in log scale) if it is near enough (MAX_BUCKET_DISTANCE). Both GEMMs share ``block_m``, the row block of the
-expert alignment; each has its own N/K tiles, warps and pipeline depth.
+nearest its token count (in log scale) if it is near enough (MAX_BUCKET_DISTANCE). Both GEMMs
+share ``block_m``, the row block of the expert alignment; each has its own N/K tiles, warps and
+pipeline depth.
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ def describe_tiles(tiles: ExpertsTiles) -> str:
             parts.append(f"{g.num_stages} stages" + (", TMA" if g.tma else ""))
         if g.split_k > 1:
             parts.append(f"K split in {g.split_k}")
+        if g.swap_ab:
+            parts.append("swapped (W @ x^T)")
         return ", ".join(parts)
 
     path = f"decode GEMV, {tiles.block_m}-row blocks" if gemv else f"{tiles.block_m}-row blocks"

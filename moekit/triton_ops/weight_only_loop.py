@@ -154,7 +154,8 @@ def _dequantize(stored, s0, s1, z0, z1, HIGH: tl.constexpr, WFMT: tl.constexpr, 
     first = (tl.arange(0, stored.shape[0]) < SPLIT)[:, None]
     if WFMT != 3:
         if HAS_ZERO and GROUP_K > 0:
-            v = v - tl.where(first, code_offsets(z0, WFMT, HAS_ZERO)[None, :], code_offsets(z1, WFMT, HAS_ZERO)[None, :])
+            v = v - tl.where(first, code_offsets(z0, WFMT, HAS_ZERO)[None, :],
+                             code_offsets(z1, WFMT, HAS_ZERO)[None, :])
         elif HAS_ZERO:
             v = v - code_offsets(z0, WFMT, HAS_ZERO)[None, :]
         else:

@@ -16,8 +16,8 @@ prefill ran at 0.2-0.5x the bf16 forward. With the weights as A:
 
 A K step stays within one scale group (quant_gemm.quant_block_k): one scale and zero point per
 weight row. Dequantization per element: the code's bits made an fp32 (quant_formats), minus the
-zero point (integer formats), times the group scale, then half a conversion. A scale spanning K (per channel)
-and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
+zero point (integer formats), times the group scale, then half a conversion. A scale spanning K
+(per channel) and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
 as weight_only_loop.weight_only_mainloop's, so the kernels' epilogues do not change.
 """
 

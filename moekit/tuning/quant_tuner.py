@@ -4,12 +4,12 @@ bucket; the table is keyed by ``TableKey(..., quant=scheme)``.
 It goes only through the backend's public call, ``TritonExperts().apply(..., tiles=candidate)``, never
 the kernels' launch functions (the quantized kernels own those and may change them): so each
 candidate is timed as a whole experts forward replayed from a CUDA graph (weight-only schemes at
-about a row per expert also try the decode GEMV's row blocks of 1 and 2). Per bucket and row block (block_m), gemm1's tiles
-are searched with gemm2's held at the default heuristic's, then gemm2's with gemm1's best; the
-block_m whose best forward is fastest wins. Every candidate's output is checked against the
-reference backend on the same quantized weights (activation quantization included): a candidate
-that computes a wrong result, or that the backend refuses, is no candidate. The quantized weights
-are built once per shape (random, quantized one expert at a time)."""
+about a row per expert also try the decode GEMV's row blocks of 1 and 2). Per bucket and row block
+(block_m), gemm1's tiles are searched with gemm2's held at the default heuristic's, then gemm2's
+with gemm1's best; the block_m whose best forward is fastest wins. Every candidate's output is
+checked against the reference backend on the same quantized weights (activation quantization
+included): a candidate that computes a wrong result, or that the backend refuses, is no candidate.
+The quantized weights are built once per shape (random, quantized one expert at a time)."""
 
 from __future__ import annotations
 
