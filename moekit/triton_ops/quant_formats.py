@@ -26,6 +26,7 @@ E2M1_UNBIAS = tl.constexpr(8.507059173023462e37)  # 2**126: e2m1_scaled_down(c) 
 # An e4m3 scale (<= 448) times 2**126 overflows fp32: e4m3 scales of e2m1 codes take 2**117 into their
 # exponent and leave 2**9 to the epilogue (tile values are then 2**-9 of the weights: exact in bf16).
 E4M3_E2M1_SHIFT = tl.constexpr(117)
+E4M3_E2M1_SCALE = tl.constexpr(2.0**117)  # the same factor, for e4m3 scales the hardware converts
 E4M3_E2M1_REST = tl.constexpr(512.0)  # 2**(126 - 117)
 INT_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float with bits 0x4B000000 + n is 2**23 + n (0 <= n < 2**23)
 
