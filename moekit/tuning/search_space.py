@@ -91,8 +91,9 @@ def quantized_gemm_candidates(block_m: int, gated: bool, elem_bytes: int, quant:
 def swapped_candidates(block_m: int) -> list[GemmTiles]:
     """Weight-only tensor-core tiles: the swapped loop (weight_only_swapped.py; act-order weights,
     which the tuner does not build, run the other). block_n weight rows sit on wgmma's M side, 64 per
-    warpgroup; K steps are cut to one scale group by the kernel, and short ones (mxfp4's 32,
-    nvfp4's 16) want deeper pipelines."""
+    warpgroup; K steps are cut to one scale group by the kernel (mxfp4's 32 and nvfp4's 16 then run
+    four groups per pipeline stage, more shared memory than the filter counts: a candidate that does
+    not fit fails at launch and is counted as failed)."""
     if block_m <= 32:  # decode on tensor cores: stream the weights
         space = itertools.product([64, 128], [128, 256], [1], [4], [3, 4, 6], [False])
     else:
