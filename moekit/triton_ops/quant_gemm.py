@@ -261,13 +261,13 @@ def _weight_args(m: QuantizedMatrix):
                                                   g_idx.stride(0) if m.g_idx is not None else 0)
 
 
-def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, g: GemmTiles, k: int) -> bool:
+def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_ab: bool, block_k: int, k: int) -> bool:
     """Whether the swapped loop reads one-byte group scales four groups at a time, as aligned 32-bit
     words (weight_only_swapped.py): K steps of one group, every row's groups filling whole words (no
     word reaches past its row), the tensor starting on a word, no zero points. On the CPU (the
     interpreter) the words are read too, so the path is tested."""
-    return (g.swap_ab and spec.weight_only and spec.group_k > 0 and m.zero is None and scale.dtype == torch.uint8
-            and quant_block_k(spec, g.block_k, swap_ab=True) == spec.group_k and k % (4 * spec.group_k) == 0
+    return (swap_ab and spec.weight_only and spec.group_k > 0 and m.zero is None and scale.dtype == torch.uint8
+            and block_k == spec.group_k and k % (4 * spec.group_k) == 0
             and scale.stride(2) == 1 and scale.stride(1) % 4 == 0 and scale.stride(0) % 4 == 0
             and scale.shape[2] % 4 == 0 and scale.data_ptr() % 4 == 0)
 
@@ -364,7 +364,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g, hidden)),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k, hidden)),
         g.num_warps, g.num_stages)
     return out
 
@@ -398,7 +398,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g, inter)),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k, inter)),
         g.num_warps, g.num_stages)
     return out_rows
 

@@ -86,12 +86,14 @@ def tiles_for(key: TableKey, num_tokens: int, gemv: bool = True) -> tuple[Expert
     swapped tiles run unswapped."""
     table = load_table(key)
     tokens = max(num_tokens, 1)
-    tiles, source = default_tiles(key, num_tokens, gemv), "default heuristic"
+    tiles = None
     if table:
         bucket = min(table, key=lambda b: abs(math.log2(b) - math.log2(tokens)))
         near = abs(math.log2(bucket) - math.log2(tokens)) <= MAX_BUCKET_DISTANCE or tokens > max(table)
         if near and (gemv or table[bucket].block_m > GEMV_MAX_BLOCK_M):
             tiles, source = table[bucket], f"tuned {key.file_name()} bucket {bucket}"
+    if tiles is None:
+        tiles, source = default_tiles(key, num_tokens, gemv), "default heuristic"
     if not gemv and (tiles.gemm1.swap_ab or tiles.gemm2.swap_ab):
         tiles = dataclasses.replace(tiles, gemm1=dataclasses.replace(tiles.gemm1, swap_ab=False),
                                     gemm2=dataclasses.replace(tiles.gemm2, swap_ab=False))

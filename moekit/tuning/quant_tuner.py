@@ -70,11 +70,7 @@ def default_bench_ms(fn: Callable[[], object]) -> float:
 
     from moekit.bench.timing import capture_rotation
 
-    replay = capture_rotation(lambda _: fn(), [None])
-    try:
-        return triton.testing.do_bench(replay, warmup=5, rep=25, return_mode="median")
-    finally:
-        del replay
+    return triton.testing.do_bench(capture_rotation(lambda _: fn(), [None]), warmup=5, rep=25, return_mode="median")
 
 
 def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, device: str = "cuda",
