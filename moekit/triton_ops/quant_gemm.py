@@ -28,6 +28,7 @@ from moekit.triton_ops.align import AlignedPairs
 from moekit.triton_ops.experts_kernels import (ACT_CODE, LAST_COMPILED, _activate, _block_expert, _row_block, _tile_ids,
                                                gate_up_rows)
 from moekit.triton_ops.launcher import cdiv, launch
+from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, PAIRED_OFF, PAIRED_PTX
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
 from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, GemmTiles
@@ -100,7 +101,7 @@ def _gemm1_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-    SCALE_WORDS: tl.constexpr,
+    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -119,7 +120,7 @@ def _gemm1_quant(
         acc_g, acc_u = weight_only_swapped_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base,
                                                     gate_rows, up_rows, col_ok, stride_wn, stride_wk, stride_sn,
                                                     stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
-                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+                                                    PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
                                             up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
@@ -191,7 +192,7 @@ def _gemm2_quant(
     HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr,
+    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -209,7 +210,7 @@ def _gemm2_quant(
     if A_QUANT == 0 and not HAS_G_IDX and SWAP_AB:
         acc, _unused = weight_only_swapped_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base,
                                                     cols, cols, col_ok, stride_wn, stride_wk, stride_sn, stride_sk,
-                                                    False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
+                                                    False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED,
                                                     DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
@@ -270,6 +271,17 @@ def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_
             and block_k == spec.group_k and k % (4 * spec.group_k) == 0
             and scale.stride(2) == 1 and scale.stride(1) % 4 == 0 and scale.stride(0) % 4 == 0
             and scale.shape[2] % 4 == 0 and scale.data_ptr() % 4 == 0)
+
+
+def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, cuda: bool) -> int:
+    """How the swapped loop dequantizes 4-bit codes (paired_dequant.py): in 16-bit pairs for uint4
+    with bf16/fp16 activations and e2m1 with bf16 ones (by inline PTX on the GPU; uint4's numerics
+    computed in fp32 under the interpreter, which runs no PTX), else through fp32."""
+    if swap_ab and spec.weight is WeightFormat.UINT4 and dtype in (torch.bfloat16, torch.float16):
+        return (PAIRED_PTX if cuda else PAIRED_EMULATED).value
+    if swap_ab and spec.weight is WeightFormat.E2M1 and dtype == torch.bfloat16 and cuda:
+        return PAIRED_PTX.value
+    return PAIRED_OFF.value
 
 
 def _weight_constexprs(spec: QuantSpec, m: QuantizedMatrix) -> dict:
@@ -364,7 +376,8 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k, hidden)),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k, hidden),
+             PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.is_cuda)),
         g.num_warps, g.num_stages)
     return out
 
@@ -398,7 +411,8 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k, inter)),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k, inter),
+             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.is_cuda)),
         g.num_warps, g.num_stages)
     return out_rows
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_uint4
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
 from moekit.triton_ops.weight_only_loop import code_bits, code_offsets, scale_values, step_scales
 
@@ -62,10 +63,11 @@ def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT
 @triton.jit
 def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
-                    SCALE_WORDS: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0 (within one scale group:
-    quant_gemm.quant_block_k), in DOT_DTYPE."""
+    quant_gemm.quant_block_k), in DOT_DTYPE. PAIRED: bytes of 4-bit codes become their two values in
+    half-precision pairs (paired_dequant.py)."""
     if SCALE_WORDS:  # byte scales: byte SUB of the word of four groups loaded by the caller
         s = (s_word >> (8 * SUB)) & 0xFF
         z = s
@@ -74,8 +76,13 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
                                      BLOCK_K)
     if WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
         stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
-        lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
-        hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
+        if PAIRED != PAIRED_OFF and WFMT == 2:
+            lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
+        elif PAIRED != PAIRED_OFF:
+            lo, hi = paired_e2m1(stored, s, SFMT, DOT_DTYPE)
+        else:
+            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     else:
         stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
@@ -88,7 +95,8 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  w_base, s_base, z_base, gate_rows, up_rows, col_ok,
                                  stride_wn, stride_wk, stride_sn, stride_sk,
                                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
-                                 HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                                 HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
+                                 DOT_PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                  EVEN_K: tl.constexpr):
     """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
@@ -125,12 +133,12 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                 a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
             a_t = tl.trans(a)
             w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn,
-                                stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, sub, BLOCK_N, BLOCK_K, EVEN_K,
-                                a.dtype)
+                                stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, sub, BLOCK_N, BLOCK_K,
+                                EVEN_K, a.dtype)
             acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
             if GATED:
                 u = _weight_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn,
-                                    stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, sub, BLOCK_N, BLOCK_K,
-                                    EVEN_K, a.dtype)
+                                    stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, sub, BLOCK_N,
+                                    BLOCK_K, EVEN_K, a.dtype)
                 acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
     return tl.trans(acc_g), tl.trans(acc_u)

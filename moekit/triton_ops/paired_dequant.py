@@ -1,0 +1,161 @@
+"""Dequantizing a byte of two 4-bit codes straight into the pair of 16-bit values it holds, with
+half-precision pair arithmetic (the swapped weight-only loop, weight_only_swapped.py).
+
+Why (sm90 SASS): the fp32 route costs ~7 instructions per weight element (make an fp32 from the
+code's bits, subtract the zero point, multiply by the scale, convert), and 8 warps spent as long
+issuing them as the tensor cores spent on the tile. A byte holds two neighbouring K columns, and
+the dot's A operand holds neighbouring K columns as one 32-bit register of two 16-bit values, so
+the byte can become that register directly:
+
+- uint4: ``byte * 4097`` puts the low nibble at bit 0 and the high nibble at bit 16 (the byte and
+  the byte shifted by 12 do not overlap); masking them and setting the bits of 128 (bf16: 0x4300)
+  or 1024 (fp16: 0x6400) makes the pair (128 + lo, 128 + hi): the 16-bit spacing there is 1, so
+  the codes are exact. One pair fma subtracts 128 plus the zero point (exact: small integers), one
+  pair multiply applies the group scale. ~2 instructions per element.
+- e2m1 (bf16 only): two multiplies place the magnitude bits (exponent, mantissa) at bits 6..8 and
+  22..24 and the sign bits at 15 and 31, making bf16 values 2**-126 times the codes' (the zero
+  exponent lands on bf16 subnormals, which the pair instructions keep); one pair multiply by
+  2**126 (2**117 for e4m3 scales: quant_formats.E4M3_E2M1_REST stays in the epilogue), one by the
+  scale. ~3 instructions per element.
+
+The numerics differ from the fp32 route in one place: the group scale is rounded to the activation
+dtype before it multiplies (as GPTQ/Marlin kernels do). e2m1 values times e8m0 or e4m3 scales are
+exact either way. Under the interpreter (no inline PTX) the same values are computed in fp32 with
+the same roundings, so CI tests these numerics; the PTX runs on the GPU only.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moekit.triton_ops.weight_only_loop import scale_values
+
+PAIRED_OFF = tl.constexpr(0)  # the fp32 route
+PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the interpreter)
+PAIRED_PTX = tl.constexpr(2)  # the pair numerics by inline PTX (the GPU)
+
+def _uint4_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
+    """$0 = the (low, high) pair of byte $1; $2 = minus (the magic number plus the zero
+    point), $3 = the scale, each in both halves."""
+    kind = "f16x2" if fp16 else "bf16x2"
+    return tl.constexpr(f"""{{
+.reg .b32 t, m, c, one, nz;
+mov.b32 m, 0x000F000F;
+mov.b32 c, {"0x64006400" if fp16 else "0x43004300"};
+mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
+mov.b32 nz, 0x80008000;
+mul.lo.u32 t, $1, 4097;
+lop3.b32 t, t, m, c, 0xEA;
+fma.rn.{kind} t, t, one, $2;
+{f"fma.rn.{kind} t, t, $3, nz;" if grouped else ""}
+mov.b32 $0, t;
+}}""")
+
+
+_UINT4_BF16 = _uint4_ptx(False, False)
+_UINT4_BF16_GROUPED = _uint4_ptx(False, True)
+_UINT4_FP16 = _uint4_ptx(True, False)
+_UINT4_FP16_GROUPED = _uint4_ptx(True, True)
+
+def _pair_constant(bits16: int) -> tl.constexpr:
+    """A 16-bit pattern in both halves, as the int32 ``tl.full`` takes."""
+    pair = bits16 | bits16 << 16
+    return tl.constexpr(pair - (1 << 32) if pair >= 1 << 31 else pair)
+
+
+# Constant pair operands are made in the loop by tl.full: a pair computed from constants was hoisted
+# out of the loop, and Triton then kept the asm out of the dot operand's layout (a shared-memory
+# round trip per step, sm90 SASS).
+_MINUS_136_BF16 = _pair_constant(0xC308)  # -(128 + 8): the magic number plus the symmetric midpoint
+_MINUS_1032_FP16 = _pair_constant(0xE408)  # -(1024 + 8)
+_TWO_126_BF16 = _pair_constant(0x7E80)  # 2**126
+_TWO_117_BF16 = _pair_constant(0x7A00)  # 2**117
+
+# $0 = the (low, high) bf16 pair of byte $1 times $2 (2**126 or 2**117) times $3 (the scale)
+_E2M1_BF16 = tl.constexpr("""{
+.reg .b32 a, b, t, m, nz;
+mov.b32 m, 0x80008000;
+mov.b32 nz, 0x80008000;
+mul.lo.u32 a, $1, 0x40040;
+mul.lo.u32 b, $1, 0x1001000;
+and.b32 a, a, 0x01C001C0;
+lop3.b32 t, b, m, a, 0xEA;
+fma.rn.bf16x2 t, t, $2, nz;
+fma.rn.bf16x2 t, t, $3, nz;
+mov.b32 $0, t;
+}""")
+
+
+@triton.jit
+def _ptx_pair(asm: tl.constexpr, byte, a, b, DOT_DTYPE: tl.constexpr):
+    """The (low, high) DOT_DTYPE values the PTX makes of each byte (int32), given the per-row pair
+    operands ``a`` and ``b`` ([rows, 1] int32). (One int32 result, split here: Triton carries the dot
+    operand's layout back through a one-result asm, not a two-result one.)"""
+    pair = tl.inline_asm_elementwise(asm, "=r,r,r,r", [byte, a, b], dtype=tl.int32, is_pure=True, pack=1)
+    lo = pair.to(tl.int16).to(DOT_DTYPE, bitcast=True)
+    hi = (pair >> 16).to(tl.int16).to(DOT_DTYPE, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _pair_bits(x, DOT_DTYPE: tl.constexpr):
+    """[rows] fp32 -> the int32 whose two halves both hold x in DOT_DTYPE (rounded)."""
+    half = x.to(DOT_DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return half | (half << 16)
+
+
+@triton.jit
+def _scale_in_dtype(s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The [rows] group scales rounded to DOT_DTYPE, back in fp32 (the emulation's rounding)."""
+    return scale_values(s, 0, SFMT).to(DOT_DTYPE).to(tl.float32)
+
+
+@triton.jit
+def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
+                 MODE: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """[rows, HALF] bytes of uint4 codes -> (low, high) [rows, HALF] values in DOT_DTYPE: code minus
+    the zero point (``z`` per row, else 8), times the group scale ``s`` per row when GROUPED (else
+    the epilogue scales)."""
+    byte = stored.to(tl.int32) & 0xFF
+    if MODE == PAIRED_PTX:
+        FP16: tl.constexpr = DOT_DTYPE == tl.float16
+        if HAS_ZERO:
+            offset = _pair_bits(-(z.to(tl.float32) + (1024.0 if FP16 else 128.0)), DOT_DTYPE)[:, None]
+        elif FP16:
+            offset = tl.full((stored.shape[0], 1), _MINUS_1032_FP16, tl.int32)
+        else:
+            offset = tl.full((stored.shape[0], 1), _MINUS_136_BF16, tl.int32)
+        if GROUPED:
+            scale = _pair_bits(scale_values(s, 0, SFMT), DOT_DTYPE)[:, None]
+        else:
+            scale = offset
+        if FP16 and GROUPED:
+            lo, hi = _ptx_pair(_UINT4_FP16_GROUPED, byte, offset, scale, DOT_DTYPE)
+        elif FP16:
+            lo, hi = _ptx_pair(_UINT4_FP16, byte, offset, scale, DOT_DTYPE)
+        elif GROUPED:
+            lo, hi = _ptx_pair(_UINT4_BF16_GROUPED, byte, offset, scale, DOT_DTYPE)
+        else:
+            lo, hi = _ptx_pair(_UINT4_BF16, byte, offset, scale, DOT_DTYPE)
+    else:
+        zero = z.to(tl.float32)[:, None] if HAS_ZERO else 8.0
+        lo = (byte & 0xF).to(tl.float32) - zero
+        hi = (byte >> 4).to(tl.float32) - zero
+        if GROUPED:
+            scale = _scale_in_dtype(s, SFMT, DOT_DTYPE)[:, None]
+            lo = lo * scale
+            hi = hi * scale
+        lo = lo.to(DOT_DTYPE)
+        hi = hi.to(DOT_DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
+    scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
+    scale = _pair_bits(scale_values(s, 0, SFMT), DOT_DTYPE)[:, None]
+    factor = tl.full((stored.shape[0], 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
+    byte = stored.to(tl.int32) & 0xFF
+    return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)
