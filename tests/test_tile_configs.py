@@ -99,8 +99,9 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     key = TableKey("NVIDIA H200", 128, 8, 2048, 768, torch.bfloat16, True, "w4a16-g128")
     plan = tile_plan(key)
     assert plan[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x512")
-    assert all(line.endswith("(default heuristic)") for line in plan[:-1])
-    assert "4096 tokens: 128-row blocks" in plan[-1] and f"(tuned {key.file_name()} bucket 4096)" in plan[-1]
+    assert all(line.endswith("(default heuristic)") for line in plan[:2])  # 1 and 16 tokens
+    assert plan[2].endswith(f"(tuned {key.file_name()} bucket 256)")
+    assert "4096 tokens: 128-row blocks" in plan[3] and plan[3].endswith(f"(tuned {key.file_name()} bucket 4096)")
     assert plan[-1].count("swapped (W @ x^T)") == 2  # weight-only tensor-core tiles: the swapped loop
     split = ExpertsTiles(1, GemmTiles(16, 512), GemmTiles(32, 512, split_k=4))
     assert describe_tiles(split).endswith("gemm2 32x512, 4 warps, K split in 4")
