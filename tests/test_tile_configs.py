@@ -29,7 +29,7 @@ QUANT_TABLES = sorted(p.name for p in tc.CONFIG_DIR.glob("*.json") if json.loads
 
 
 def test_quant_tables_shipped():
-    # fp8 per channel / per tensor at the four benchmark shapes (256 and 4096 tokens); 4096 tokens of
+    # fp8 per channel / per tensor at the four benchmark shapes (256 and 4096 tokens); 256 and 4096 tokens of
     # w4a16-g128 (w4a16-g64 at gpt-oss: 2880 is no multiple of 128), mxfp4 and nvfp4 at the four shapes
     assert len(QUANT_TABLES) == 20, QUANT_TABLES
 
