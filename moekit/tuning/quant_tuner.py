@@ -24,6 +24,7 @@ from moekit.tolerance import relative_error
 from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, ExpertsTiles, GemmTiles, TableKey, default_tiles
 from moekit.triton_ops.weight_only_gemv import gemv_supports_scheme
 from moekit.tuning.search_space import gemm_candidates, quantized_block_m_candidates
+from moekit.tuning.timing import graph_replay_ms
 from moekit.tuning.tuner import DEFAULT_BUCKETS, BucketResult, TuneShape, routed_batch
 
 
@@ -62,20 +63,9 @@ class QuantProblem:
         return quant_tolerance(self.weights.quant)
 
 
-def default_bench_ms(fn: Callable[[], object]) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay (as ``moekit
-    bench`` times the forward). Timed eagerly, a decode forward measures its launches' host time
-    (~150 µs on the H200 machines against ~40 µs of GPU time at 1 token): the tuner picked noise."""
-    import triton.testing
-
-    from moekit.bench.timing import capture_rotation
-
-    return triton.testing.do_bench(capture_rotation(lambda _: fn(), [None]), warmup=5, rep=25, return_mode="median")
-
-
 def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, device: str = "cuda",
                      on_result: Callable[[list[BucketResult]], None] | None = None, compile_workers: int = 8,
-                     backend=None, bench_ms: Callable[[Callable[[], object]], float] = default_bench_ms,
+                     backend=None, bench_ms: Callable[[Callable[[], object]], float] = graph_replay_ms,
                      problem: QuantProblem | None = None) -> list[BucketResult]:
     """Best tiles per bucket for ``scheme``'s forward. ``backend`` (default ``TritonExperts()``) and
     ``bench_ms`` are there for the CPU tests; ``on_result`` gets the results so far after each bucket."""

@@ -4,7 +4,8 @@ For each bucket and each candidate row block (block_m) the two GEMMs are timed a
 aligned rows (gemm1's best tiles, then gemm2's), and the block_m with the smallest sum wins. The
 compiled kernel's registers and spills are kept with the result, so a slow config can be read off
 the table. Candidates are compiled ahead in a thread pool (the compiler runs outside the GIL),
-then timed one by one with ``triton.testing.do_bench`` (median)."""
+then timed one by one, each replayed from a CUDA graph (timing.py: eager timing measured launch
+overhead at decode)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from moekit.activations import Activation, GateUpLayout
 from moekit.routing import RoutingConfig, route_with_config
 from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
 from moekit.tuning.search_space import block_m_candidates, gemm_candidates
+from moekit.tuning.timing import graph_replay_ms
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
@@ -77,9 +79,11 @@ def routed_batch(s: TuneShape, tokens: int, device):
 
 def tune_shape(shape: TuneShape, buckets=DEFAULT_BUCKETS, device: str = "cuda",
                on_result: Callable[[list[BucketResult]], None] | None = None,
-               compile_workers: int = 8) -> list[BucketResult]:
+               compile_workers: int = 8,
+               bench_ms: Callable[[Callable[[], object]], float] = graph_replay_ms) -> list[BucketResult]:
     """Best tiles per bucket. ``on_result`` gets the results so far after each bucket (progress bars,
-    and tables written as they grow, so an interrupted run keeps what it measured)."""
+    and tables written as they grow, so an interrupted run keeps what it measured); ``bench_ms``
+    times one candidate (there for the CPU tests)."""
     from moekit.triton_ops.align import align_pairs_by_expert
     from moekit.triton_ops.experts_kernels import launch_gemm1
 
@@ -91,12 +95,12 @@ def tune_shape(shape: TuneShape, buckets=DEFAULT_BUCKETS, device: str = "cuda",
         for block_m in block_m_candidates(tokens, shape.top_k, shape.num_experts):
             aligned = align_pairs_by_expert(topk_ids, shape.num_experts, block_m)
             g1 = _best("gemm1", lambda t: _run_gemm1(problem, x, aligned, t),
-                       gemm_candidates(block_m, shape.activation.gated), compile_workers)
+                       gemm_candidates(block_m, shape.activation.gated), compile_workers, bench_ms)
             activated = launch_gemm1(x, problem.w13, problem.b13, aligned, shape.top_k, shape.activation,
                                      shape.gate_up_layout, g1[0])
             out_rows = torch.empty(tokens * shape.top_k, shape.hidden_size, dtype=shape.dtype, device=device)
             g2 = _best("gemm2", lambda t: _run_gemm2(problem, activated, topk_weights, aligned, out_rows, t),
-                       gemm_candidates(block_m, gated=False), compile_workers)
+                       gemm_candidates(block_m, gated=False), compile_workers, bench_ms)
             total = g1[1] + g2[1]
             if best is None or total < best[0]:
                 best = (total, ExpertsTiles(block_m, g1[0], g2[0]), g1, g2)
@@ -120,10 +124,9 @@ def _run_gemm2(problem: _Problem, activated, topk_weights, aligned, out_rows, ti
     return launch_gemm2(activated, problem.w2, problem.b2, topk_weights, aligned, out_rows, tiles)
 
 
-def _best(name: str, run: Callable[[GemmTiles], object], candidates: list[GemmTiles], workers: int):
+def _best(name: str, run: Callable[[GemmTiles], object], candidates: list[GemmTiles], workers: int,
+          bench_ms: Callable[[Callable[[], object]], float]):
     """(tiles, median µs, compiler report) of the fastest candidate that compiles and runs."""
-    import triton.testing
-
     from moekit.triton_ops.experts_kernels import LAST_COMPILED
 
     _compile_ahead(run, candidates, workers)
@@ -132,7 +135,7 @@ def _best(name: str, run: Callable[[GemmTiles], object], candidates: list[GemmTi
         try:
             run(tiles)
             kernel = LAST_COMPILED.get(name)
-            us = 1e3 * triton.testing.do_bench(lambda: run(tiles), warmup=5, rep=25, return_mode="median")
+            us = 1e3 * bench_ms(lambda: run(tiles))
         except Exception as e:  # out of resources for this shape: not a candidate
             if "OutOfResources" not in type(e).__name__ and "out of resource" not in str(e).lower():
                 raise
