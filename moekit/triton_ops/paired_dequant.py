@@ -35,6 +35,7 @@ PAIRED_OFF = tl.constexpr(0)  # the fp32 route
 PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the interpreter)
 PAIRED_PTX = tl.constexpr(2)  # the pair numerics by inline PTX (the GPU)
 
+
 def _uint4_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
     """$0 = the (low, high) pair of byte $1; $2 = minus (the magic number plus the zero
     point), $3 = the scale, each in both halves."""
@@ -57,6 +58,7 @@ _UINT4_BF16 = _uint4_ptx(False, False)
 _UINT4_BF16_GROUPED = _uint4_ptx(False, True)
 _UINT4_FP16 = _uint4_ptx(True, False)
 _UINT4_FP16_GROUPED = _uint4_ptx(True, True)
+
 
 def _pair_constant(bits16: int) -> tl.constexpr:
     """A 16-bit pattern in both halves, as the int32 ``tl.full`` takes."""
@@ -129,7 +131,7 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
         if GROUPED:
             scale = _pair_bits(scale_values(s, 0, SFMT), DOT_DTYPE)[:, None]
         else:
-            scale = offset
+            scale = offset  # (not read: the PTX without a scale has no $3)
         if FP16 and GROUPED:
             lo, hi = _ptx_pair(_UINT4_FP16_GROUPED, byte, offset, scale, DOT_DTYPE)
         elif FP16:
