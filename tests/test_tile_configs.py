@@ -102,7 +102,12 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     assert all(line.endswith("(default heuristic)") for line in plan[:2])  # 1 and 16 tokens
     assert plan[2].endswith(f"(tuned {key.file_name()} bucket 256)")
     assert "4096 tokens: 128-row blocks" in plan[3] and plan[3].endswith(f"(tuned {key.file_name()} bucket 4096)")
-    assert plan[-1].count("swapped (W @ x^T)") == 2  # weight-only tensor-core tiles: the swapped loop
+    assert "4-bit codes in bfloat16 pairs, group scales rounded to bfloat16 first" in plan[4]  # the numerics
+    for scheme, says in (("w4a16-ch", "per-channel scale applied in fp32"), ("mxfp4", "e8m0 scales exact"),
+                         ("w8a16-g128", None), ("fp8-per-channel", None)):
+        lines = tile_plan(dataclasses.replace(key, quant=scheme))
+        assert (says in lines[-1]) if says else all("pairs" not in line for line in lines)
+    assert plan[3].count("swapped (W @ x^T)") == 2  # weight-only tensor-core tiles: the swapped loop
     split = ExpertsTiles(1, GemmTiles(16, 512), GemmTiles(32, 512, split_k=4))
     assert describe_tiles(split).endswith("gemm2 32x512, 4 warps, K split in 4")
     layer = moekit.MoE(128, 8, 64, 32, quant="w4a16-g32")  # on the CPU: no tiles shown

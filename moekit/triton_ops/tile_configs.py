@@ -239,8 +239,31 @@ def describe_tiles(tiles: ExpertsTiles) -> str:
 def tile_plan(key: TableKey, token_counts=EXPLAINED_TOKENS) -> list[str]:
     """explain()'s lines for the Triton backend: the tiles of each token count and where they come
     from (a tuned table's bucket or the default heuristic)."""
-    lines = []
+    lines, swapped = [], False
     for tokens in token_counts:
         tiles, source = tiles_for(key, tokens)
+        swapped |= tiles.gemm1.swap_ab or tiles.gemm2.swap_ab
         lines.append(f"  {tokens:>5} token{'' if tokens == 1 else 's'}: {describe_tiles(tiles)} ({source})")
+    if swapped and key.quant != "none":
+        lines += _swapped_numerics(key)
     return lines
+
+
+def _swapped_numerics(key: TableKey) -> list[str]:
+    """A line on how the swapped loop dequantizes this key's codes on the GPU, where it is not the
+    fp32 route (paired_dequant.py)."""
+    from moekit.quant.registry import method_for
+    from moekit.quant.spec import WeightFormat
+    from moekit.triton_ops.quant_gemm import PAIRED_OFF, paired_mode
+
+    spec = method_for(key.quant).spec
+    if paired_mode(spec, True, key.dtype, True) == PAIRED_OFF.value:
+        return []
+    dtype = str(key.dtype).removeprefix("torch.")
+    if spec.weight is WeightFormat.E2M1:
+        scales = f"{spec.scale_format.value} scales exact in {dtype}"
+    elif spec.group_k > 0:
+        scales = f"group scales rounded to {dtype} first"
+    else:
+        scales = "the per-channel scale applied in fp32 after the dot"
+    return [f"  swapped tiles dequantize 4-bit codes in {dtype} pairs, {scales} (triton_ops/paired_dequant.py)"]
