@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.weight_only_loop import scale_values
+from moekit.triton_ops.weight_only_loop import plain_scale_values
 
 PAIRED_OFF = tl.constexpr(0)  # the fp32 route
 PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the interpreter)
@@ -110,7 +110,7 @@ def _pair_bits(x, DOT_DTYPE: tl.constexpr):
 @triton.jit
 def _scale_in_dtype(s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """The [rows] group scales rounded to DOT_DTYPE, back in fp32 (the emulation's rounding)."""
-    return scale_values(s, 0, SFMT).to(DOT_DTYPE).to(tl.float32)
+    return plain_scale_values(s, SFMT).to(DOT_DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -129,7 +129,7 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
         else:
             offset = tl.full((stored.shape[0], 1), _MINUS_136_BF16, tl.int32)
         if GROUPED:
-            scale = _pair_bits(scale_values(s, 0, SFMT), DOT_DTYPE)[:, None]
+            scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
         else:
             scale = offset  # (not read: the PTX without a scale has no $3)
         if FP16 and GROUPED:
@@ -157,7 +157,7 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
 def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
     scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
-    scale = _pair_bits(scale_values(s, 0, SFMT), DOT_DTYPE)[:, None]
+    scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
     factor = tl.full((stored.shape[0], 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
     byte = stored.to(tl.int32) & 0xFF
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)

@@ -117,19 +117,25 @@ def code_bits(stored, HIGH: tl.constexpr, WFMT: tl.constexpr):
 
 
 @triton.jit
+def plain_scale_values(raw, SFMT: tl.constexpr):
+    """Raw [BLOCK_N] scales (fp32, or e8m0 / e4m3 bytes) as their fp32 values. e4m3 by the hardware's
+    conversion (2 instructions, as the decode GEMV; the bits took ~12). quant_tiles.scale_values
+    keeps decoding the bits: the interpreter's conversion reads the NaN bytes as 480."""
+    if SFMT == 0:
+        return raw.to(tl.float32)
+    elif SFMT == 1:
+        return e8m0_values(raw.to(tl.int32) & 0xFF)
+    else:
+        return raw.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+
+
+@triton.jit
 def scale_values(raw, WFMT: tl.constexpr, SFMT: tl.constexpr):
     """A group's [BLOCK_N] scales as fp32, times the 2**126 e2m1 bits leave out (e4m3 scales take
     2**117 of it; row_weight_factor applies the rest)."""
-    if SFMT == 0:
-        s = raw.to(tl.float32)
-    elif SFMT == 1:
-        s = e8m0_values(raw.to(tl.int32) & 0xFF)
-    else:  # the hardware's e4m3 conversion (2 instructions, as the decode GEMV; the bits took ~12)
-        s = raw.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        if WFMT == 3:
-            s = s * E4M3_E2M1_SCALE
-    if WFMT == 3 and SFMT != 2:
-        s = s * E2M1_UNBIAS
+    s = plain_scale_values(raw, SFMT)
+    if WFMT == 3:
+        s = s * (E4M3_E2M1_SCALE if SFMT == 2 else E2M1_UNBIAS)
     return s
 
 
