@@ -322,8 +322,11 @@ def run(rank: int, world: int, port: int, out_dir: str, what: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     results = {"scenarios": scenarios, "dead_rank": dead_rank}[what](rank, world)
+    if what == "scenarios":
+        dist.barrier()  # every rank's collectives are done before any rank writes or leaves
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
-    if what == "dead_rank":
-        os._exit(0)  # the group has a dead member: skip the teardown handshake
-    dist.destroy_process_group()
+    # Leave without gloo's teardown: when a peer's sockets close first, gloo's event-loop thread can
+    # throw on the dead connection and abort this process (SIGABRT, seen once in CI; pytorch/gloo#514).
+    # The results are on disk, so nothing is lost by skipping it.
+    os._exit(0)

@@ -19,9 +19,21 @@ def _free_port() -> int:
 
 
 def _spawn(world: int, what: str, tmp_path) -> list[dict]:
-    mp.spawn(ep_worker.run, args=(world, _free_port(), str(tmp_path), what), nprocs=world, join=True)
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world) if
-            (tmp_path / f"rank{r}.json").exists()]
+    """Each rank's results. A rank is judged by the results it wrote, not by how its process ended:
+    gloo may abort a process whose peer closed its sockets first (pytorch/gloo#514), after the
+    results are on disk. A rank that wrote nothing fails the test with every rank's exit code."""
+    context = mp.start_processes(ep_worker.run, args=(world, _free_port(), str(tmp_path), what), nprocs=world,
+                                 join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=300)
+    files = [tmp_path / f"rank{r}.json" for r in range(world)]
+    if what == "scenarios" and not all(f.exists() for f in files):
+        codes = [p.exitcode for p in context.processes]
+        for p in context.processes:
+            p.kill()
+        raise AssertionError(f"{world} ranks: results missing from ranks "
+                             f"{[r for r, f in enumerate(files) if not f.exists()]}; exit codes {codes}")
+    return [json.loads(f.read_text()) for f in files if f.exists()]
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}-ranks")
