@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import time
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -318,10 +319,17 @@ def _error_of(layer, tokens: int, error: type) -> str | None:
 
 
 def run(rank: int, world: int, port: int, out_dir: str, what: str) -> None:
+    # this rank's stderr to a file: a rank that dies shows the test why (C++ aborts print only there)
+    log = os.open(os.path.join(out_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 2)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    results = {"scenarios": scenarios, "dead_rank": dead_rank}[what](rank, world)
+    try:
+        results = {"scenarios": scenarios, "dead_rank": dead_rank}[what](rank, world)
+    except BaseException:
+        traceback.print_exc()  # into the log the test reads
+        raise
     if what == "scenarios":
         dist.barrier()  # every rank's collectives are done before any rank writes or leaves
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

@@ -31,8 +31,11 @@ def _spawn(world: int, what: str, tmp_path) -> list[dict]:
         codes = [p.exitcode for p in context.processes]
         for p in context.processes:
             p.kill()
+        logs = {r: (tmp_path / f"rank{r}.log").read_text()[-3000:] for r in range(world)
+                if (tmp_path / f"rank{r}.log").exists()}
         raise AssertionError(f"{world} ranks: results missing from ranks "
-                             f"{[r for r, f in enumerate(files) if not f.exists()]}; exit codes {codes}")
+                             f"{[r for r, f in enumerate(files) if not f.exists()]}; exit codes {codes}; "
+                             f"each rank's stderr (tail): {logs}")
     return [json.loads(f.read_text()) for f in files if f.exists()]
 
 
