@@ -1,9 +1,11 @@
-"""paired_dequant.py: a byte of two 4-bit codes made into its two 16-bit values, against the
-formats' definitions computed in torch (float64, one rounding to the 16-bit dtype), bit for bit.
+"""paired_dequant.py: a byte of two 4-bit codes, or two int8 codes, made into their two 16-bit
+values, against the formats' definitions computed in torch (float64, one rounding to the 16-bit
+dtype), bit for bit.
 
-On the CPU the interpreter runs the fp32 emulation of the pair numerics (uint4, fp16: bf16 is wrong
-in the interpreter, docs/facts.md); tests_gpu/test_paired_dequant_gpu.py runs the same checks on
-the inline PTX, bf16 and fp16, uint4 and e2m1."""
+On the CPU the interpreter runs the fp32 emulation of the pair numerics (fp16: the interpreter's
+fp32 -> bf16 casts truncate, docs/facts.md), and the inline PTX itself through tests/ptx_sim.py
+(bf16 too, with scales exact in bf16 for that reason). tests_gpu/test_paired_dequant_gpu.py runs
+the PTX on the GPU."""
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import triton
 import triton.language as tl
 
 from moekit.quant import formats
-from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, paired_e2m1, paired_uint4
+import ptx_sim
+from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, PAIRED_PTX, paired_e2m1, paired_int8, paired_uint4
 
 ROWS, COLS = 16, 32
 
@@ -30,6 +33,39 @@ def _pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS:
         lo, hi = paired_uint4(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, MODE, lo_ptr.dtype.element_ty)
     tl.store(lo_ptr + offs, lo)
     tl.store(hi_ptr + offs, hi)
+
+
+@triton.jit
+def _int8_kernel(c_ptr, s_ptr, z_ptr, out_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 GROUPED: tl.constexpr, MODE: tl.constexpr):
+    r = tl.arange(0, ROWS)
+    offs = r[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    w = paired_int8(tl.load(c_ptr + offs), tl.load(s_ptr + r), tl.load(z_ptr + r), HAS_ZERO, GROUPED, MODE,
+                    out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, w)
+
+
+def run_int8(codes, scale, zero, dtype, mode, has_zero, grouped):
+    out = torch.full(codes.shape, float("nan"), dtype=dtype, device=codes.device)
+    _int8_kernel[(1,)](codes, scale, zero, out, ROWS, COLS, has_zero, grouped, mode)
+    return out
+
+
+def int8_inputs(device="cpu", dtype=torch.float16):
+    """Every int8 code (twice over), zero points from the whole int8 range, scales not exact in
+    ``dtype`` (bf16 ones exact in bf16 under the interpreter, whose fp32 -> bf16 casts truncate)."""
+    codes = torch.arange(-128, 128, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS)
+    scale = torch.rand(ROWS) * 0.02 + 1e-3
+    if dtype == torch.bfloat16 and device == "cpu":
+        scale = scale.bfloat16().float()
+    zero = torch.randint(-128, 128, (ROWS,), dtype=torch.int8)
+    return codes.to(torch.int8).to(device), scale.to(device), zero.to(device)
+
+
+def int8_expected(codes, scale, zero, dtype, has_zero, grouped):
+    """(code - zero point) times the scale rounded to ``dtype``, rounded once to ``dtype``."""
+    v = codes.double() - (zero.double()[:, None] if has_zero else 0.0)
+    return (v * (scale.to(dtype).double()[:, None] if grouped else 1.0)).to(dtype)
 
 
 def run_pairs(stored, scale, zero, dtype, mode, e2m1=False, has_zero=False, grouped=True, sfmt=0):
@@ -81,3 +117,62 @@ def test_the_scale_is_rounded_to_the_activation_dtype():
     codes = (stored.long() & 15) - 8
     fp32_scale = (codes * scale.double()[:, None]).to(torch.float16)
     assert not torch.equal(lo, fp32_scale)
+
+
+@pytest.mark.parametrize("has_zero", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_int8_pairs_emulated_fp16(has_zero, grouped):
+    codes, scale, zero = int8_inputs()
+    got = run_int8(codes, scale, zero, torch.float16, PAIRED_EMULATED.value, has_zero, grouped)
+    assert torch.equal(got, int8_expected(codes, scale, zero, torch.float16, has_zero, grouped))
+
+
+# The inline PTX, run by tests/ptx_sim.py: what the GPU executes, instruction by instruction.
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("has_zero", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_int8_pairs_ptx_simulated(dtype, has_zero, grouped):
+    codes, scale, zero = int8_inputs(dtype=dtype)
+    with ptx_sim.patched_interpreter():
+        got = run_int8(codes, scale, zero, dtype, PAIRED_PTX.value, has_zero, grouped)
+    assert torch.equal(got, int8_expected(codes, scale, zero, dtype, has_zero, grouped))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("has_zero", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_uint4_pairs_ptx_simulated(dtype, has_zero, grouped):
+    stored, scale, zero = uint4_inputs()
+    if dtype == torch.bfloat16:
+        scale = scale.bfloat16().float()  # the interpreter's fp32 -> bf16 casts truncate
+    with ptx_sim.patched_interpreter():
+        lo, hi = run_pairs(stored, scale, zero, dtype, PAIRED_PTX.value, has_zero=has_zero, grouped=grouped)
+    want_lo, want_hi = uint4_expected(stored, scale, zero, dtype, has_zero, grouped)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4): every byte of codes
+def test_e2m1_pairs_ptx_simulated(sfmt):
+    stored = torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
+    if sfmt == 1:
+        scale = torch.randint(110, 140, (ROWS,), dtype=torch.uint8)
+    else:  # finite e4m3 bytes, subnormals included (0x7F and 0xFF are NaN)
+        scale = torch.randint(0, 0x7F, (ROWS,), dtype=torch.uint8)
+    with ptx_sim.patched_interpreter():
+        lo, hi = run_pairs(stored, scale, scale, torch.bfloat16, PAIRED_PTX.value, e2m1=True, sfmt=sfmt)
+    want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+def test_the_simulated_ptx_catches_a_wrong_constant(monkeypatch):
+    # The simulated checks can fail: the bf16 magic number off by one exponent step breaks them.
+    from moekit.triton_ops import paired_dequant
+
+    monkeypatch.setattr(paired_dequant, "_UINT4_BF16", paired_dequant._UINT4_BF16.value.replace("0x43004300",
+                                                                                                   "0x43804380"))
+    stored, scale, zero = uint4_inputs()
+    with ptx_sim.patched_interpreter():
+        lo, _hi = run_pairs(stored, scale, zero, torch.bfloat16, PAIRED_PTX.value, grouped=False)
+    want_lo, _ = uint4_expected(stored, scale, zero, torch.bfloat16, False, False)
+    assert not torch.equal(lo, want_lo)

@@ -104,7 +104,8 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     assert "4096 tokens: 128-row blocks" in plan[3] and plan[3].endswith(f"(tuned {key.file_name()} bucket 4096)")
     assert "4-bit codes in bfloat16 pairs, group scales rounded to bfloat16 first" in plan[4]  # the numerics
     for scheme, says in (("w4a16-ch", "per-channel scale applied in fp32"), ("mxfp4", "e8m0 scales exact"),
-                         ("w8a16-g128", None), ("fp8-per-channel", None)):
+                         ("w8a16-g128", "int8 codes in bfloat16 pairs, group scales rounded"),
+                         ("fp8-per-channel", None)):
         lines = tile_plan(dataclasses.replace(key, quant=scheme))
         assert (says in lines[-1]) if says else all("pairs" not in line for line in lines)
     assert plan[3].count("swapped (W @ x^T)") == 2  # weight-only tensor-core tiles: the swapped loop

@@ -144,12 +144,33 @@ def test_swapped_weight_only_loop_matches_reference(scheme):
     ("nvfp4", 144, 80, torch.float16),
     ("w4a16-g32-asym", 96, 160, torch.float16),
     ("w8a16-ch", 224, 96, torch.float32),
+    ("w8a16-g32-asym", 96, 160, torch.float16),  # fp16: the int8 pair numerics (paired_dequant.py)
+    ("w8a16-ch", 224, 96, torch.float16),
 ])
 def test_swapped_weight_only_loop_k_tails_and_fp16(scheme, hidden, inter, dtype):
     case = make_case(scheme, tokens=7, hidden=hidden, inter=inter, bias=True, dtype=dtype)
     swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(16, 64, 1, swap_ab=True))
     tol = 1e-3 if dtype == torch.float32 else 1e-2
     assert relative_error(triton_out(case, swapped), reference(case).double()) <= tol
+
+
+@pytest.mark.parametrize("scheme", ["w8a16-g32-asym", "w8a16-ch", "w4a16-g32-asym", "w4a16-ch"])
+def test_swapped_loop_on_the_simulated_ptx(scheme, monkeypatch):
+    # The whole fused forward with the inline PTX of the pair dequantization, which the interpreter
+    # runs through tests/ptx_sim.py (fp16: bf16 dots are wrong in the interpreter); equal to the
+    # emulated pair numerics, which the interpreter runs otherwise.
+    import ptx_sim
+    from moekit.triton_ops import quant_gemm
+    from moekit.triton_ops.paired_dequant import PAIRED_PTX
+
+    case = make_case(scheme, tokens=5, experts=3, hidden=64, inter=32, bias=True, dtype=torch.float16)
+    swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(16, 64, 1, swap_ab=True))
+    emulated = triton_out(case, swapped)
+    monkeypatch.setattr(quant_gemm, "paired_mode", lambda *args: PAIRED_PTX.value)
+    with ptx_sim.patched_interpreter():
+        simulated = triton_out(case, swapped)
+    assert torch.equal(simulated, emulated)
+    assert relative_error(simulated, reference(case).double()) <= 1e-2
 
 
 def test_swapped_tiles_refused_where_the_swapped_loop_does_not_run():

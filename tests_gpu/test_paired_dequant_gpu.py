@@ -1,5 +1,6 @@
 """paired_dequant.py's inline PTX on the GPU, bit for bit against the formats' definitions (the CPU
-test runs its fp32 emulation: tests/test_paired_dequant.py)."""
+tests run its fp32 emulation and the PTX text through tests/ptx_sim.py: tests/test_paired_dequant.py).
+These runs are also what checks the simulator."""
 
 import pytest
 import torch
@@ -28,3 +29,12 @@ def test_e2m1_pairs_ptx(sfmt):
     lo, hi = cpu.run_pairs(stored, scale, scale, torch.bfloat16, PAIRED_PTX.value, e2m1=True, sfmt=sfmt)
     want_lo, want_hi = cpu.e2m1_expected(stored, scale, torch.bfloat16, sfmt)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("has_zero", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_int8_pairs_ptx(dtype, has_zero, grouped):
+    codes, scale, zero = cpu.int8_inputs("cuda", dtype)
+    got = cpu.run_int8(codes, scale, zero, dtype, PAIRED_PTX.value, has_zero, grouped)
+    assert torch.equal(got, cpu.int8_expected(codes, scale, zero, dtype, has_zero, grouped))

@@ -1,5 +1,5 @@
-"""Dequantizing a byte of two 4-bit codes straight into the pair of 16-bit values it holds, with
-half-precision pair arithmetic (the swapped weight-only loop, weight_only_swapped.py).
+"""Dequantizing a byte of two 4-bit codes, or two int8 codes, straight into the pair of 16-bit values
+they hold, with half-precision pair arithmetic (the swapped weight-only loop, weight_only_swapped.py).
 
 Why (sm90 SASS): the fp32 route costs ~7 instructions per weight element (make an fp32 from the
 code's bits, subtract the zero point, multiply by the scale, convert), and 8 warps spent as long
@@ -17,11 +17,18 @@ the byte can become that register directly:
   exponent lands on bf16 subnormals, which the pair instructions keep); one pair multiply by
   2**126 (2**117 for e4m3 scales: quant_formats.E4M3_E2M1_REST stays in the epilogue), one by the
   scale. ~3 instructions per element.
+- int8 (two neighbouring codes, pack=2): one byte permute puts code 0 at bit 0 and code 1 at bit
+  16; two logic ops make the pairs (M + low 7 bits) and (M + 128 * sign bit) with M = 128 (bf16:
+  0x4300) or 1024 (fp16: 0x6400), both exact; one pair fma takes their difference, the code itself
+  (also exact: |code| <= 128). A zero point is one more pair fma (|code - zero| <= 255, exact), a
+  group scale one pair multiply. 2-2.5 instructions per element (fp32 route: ~3.5); sm90 SASS of
+  gemm1 at 128x128x64, 8 warps: 424 -> 284 instructions per K step (w8a16-ch), 531 -> 354 (g128).
 
 The numerics differ from the fp32 route in one place: the group scale is rounded to the activation
 dtype before it multiplies (as GPTQ/Marlin kernels do). e2m1 values times e8m0 or e4m3 scales are
 exact either way. Under the interpreter (no inline PTX) the same values are computed in fp32 with
-the same roundings, so CI tests these numerics; the PTX runs on the GPU only.
+the same roundings (PAIRED_EMULATED); CI also runs the PTX text itself on the interpreter through a
+simulator of its instructions (tests/ptx_sim.py), and tests_gpu runs it on the GPU.
 """
 
 from __future__ import annotations
@@ -87,6 +94,31 @@ fma.rn.bf16x2 t, t, $2, nz;
 fma.rn.bf16x2 t, t, $3, nz;
 mov.b32 $0, t;
 }""")
+
+
+@triton.constexpr_function
+def _int8_asm(fp16, has_zero, grouped):
+    """$0 = the pair of the two int8 codes packed in $1 (bytes 0 and 1); then $2 = minus the zero
+    point (when has_zero) and the scale (when grouped), each a pair of the dot dtype. (A constexpr
+    function: Triton 3.6 refuses a plain helper function called from it.)"""
+    kind = "f16x2" if fp16 else "bf16x2"
+    scale = "$3" if has_zero else "$2"
+    zero_step = f"fma.rn.{kind} a, a, one, $2;" if has_zero else ""
+    scale_step = f"fma.rn.{kind} a, a, {scale}, nz;" if grouped else ""
+    return f"""{{
+.reg .b32 p, a, b, m, one, minus_one, nz;
+mov.b32 m, {"0x64006400" if fp16 else "0x43004300"};
+mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
+mov.b32 minus_one, {"0xBC00BC00" if fp16 else "0xBF80BF80"};
+mov.b32 nz, 0x80008000;
+prmt.b32 p, $1, 0, 0x5140;
+lop3.b32 a, p, 0x007F007F, m, 0xEA;
+lop3.b32 b, p, 0x00800080, m, 0xEA;
+fma.rn.{kind} a, b, minus_one, a;
+{zero_step}
+{scale_step}
+mov.b32 $0, a;
+}}"""
 
 
 @triton.jit
@@ -161,3 +193,35 @@ def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     factor = tl.full((stored.shape[0], 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
     byte = stored.to(tl.int32) & 0xFF
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)
+
+
+@triton.jit
+def paired_int8(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, MODE: tl.constexpr,
+                DOT_DTYPE: tl.constexpr):
+    """[rows, cols] int8 codes -> [rows, cols] values in DOT_DTYPE: code minus the zero point (``z``
+    per row, when HAS_ZERO), times the group scale ``s`` per row rounded to DOT_DTYPE (when GROUPED,
+    else the epilogue scales)."""
+    if MODE == PAIRED_PTX:
+        FP16: tl.constexpr = DOT_DTYPE == tl.float16
+        asm: tl.constexpr = _int8_asm(FP16, HAS_ZERO, GROUPED)
+        minus_zero = (-(z.to(tl.float32))).to(DOT_DTYPE)[:, None]
+        scale = plain_scale_values(s, 0).to(DOT_DTYPE)[:, None]
+        if HAS_ZERO and GROUPED:
+            w = tl.inline_asm_elementwise(asm, "=r,r,r,r", [stored, minus_zero, scale], dtype=tl.int16,
+                                          is_pure=True, pack=2)
+        elif HAS_ZERO:
+            w = tl.inline_asm_elementwise(asm, "=r,r,r", [stored, minus_zero], dtype=tl.int16, is_pure=True,
+                                          pack=2)
+        elif GROUPED:
+            w = tl.inline_asm_elementwise(asm, "=r,r,r", [stored, scale], dtype=tl.int16, is_pure=True, pack=2)
+        else:
+            w = tl.inline_asm_elementwise(asm, "=r,r", [stored], dtype=tl.int16, is_pure=True, pack=2)
+        w = w.to(DOT_DTYPE, bitcast=True)  # (16-bit integers out: triton 3.6 takes no constexpr dtype there)
+    else:
+        w = stored.to(tl.float32)
+        if HAS_ZERO:
+            w = w - z.to(tl.float32)[:, None]
+        if GROUPED:
+            w = w * plain_scale_values(s, 0).to(DOT_DTYPE).to(tl.float32)[:, None]
+        w = w.to(DOT_DTYPE)
+    return w

@@ -274,10 +274,12 @@ def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_
 
 
 def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, cuda: bool) -> int:
-    """How the swapped loop dequantizes 4-bit codes (paired_dequant.py): in 16-bit pairs for uint4
-    with bf16/fp16 activations and e2m1 with bf16 ones (by inline PTX on the GPU; uint4's numerics
-    computed in fp32 under the interpreter, which runs no PTX), else through fp32."""
-    if swap_ab and spec.weight is WeightFormat.UINT4 and dtype in (torch.bfloat16, torch.float16):
+    """How the swapped loop dequantizes codes (paired_dequant.py): in 16-bit pairs for uint4 and
+    int8 with bf16/fp16 activations and e2m1 with bf16 ones (by inline PTX on the GPU; the integer
+    formats' pair numerics computed in fp32 under the interpreter, which runs no PTX), else through
+    fp32."""
+    integer = spec.weight in (WeightFormat.UINT4, WeightFormat.INT8) and spec.weight_only
+    if swap_ab and integer and dtype in (torch.bfloat16, torch.float16):
         return (PAIRED_PTX if cuda else PAIRED_EMULATED).value
     if swap_ab and spec.weight is WeightFormat.E2M1 and dtype == torch.bfloat16 and cuda:
         return PAIRED_PTX.value

@@ -266,4 +266,5 @@ def _swapped_numerics(key: TableKey) -> list[str]:
         scales = f"group scales rounded to {dtype} first"
     else:
         scales = "the per-channel scale applied in fp32 after the dot"
-    return [f"  swapped tiles dequantize 4-bit codes in {dtype} pairs, {scales} (triton_ops/paired_dequant.py)"]
+    codes = "int8 codes" if spec.weight is WeightFormat.INT8 else "4-bit codes"
+    return [f"  swapped tiles dequantize {codes} in {dtype} pairs, {scales} (triton_ops/paired_dequant.py)"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_uint4
+from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_int8, paired_uint4
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
 from moekit.triton_ops.weight_only_loop import code_bits, code_offsets, scale_values, step_scales
 
@@ -66,8 +66,8 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
                     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0 (within one scale group:
-    quant_gemm.quant_block_k), in DOT_DTYPE. PAIRED: bytes of 4-bit codes become their two values in
-    half-precision pairs (paired_dequant.py)."""
+    quant_gemm.quant_block_k), in DOT_DTYPE. PAIRED: bytes of 4-bit codes, or two int8 codes, become
+    their two values in half-precision pairs (paired_dequant.py)."""
     if SCALE_WORDS:  # byte scales: byte SUB of the word of four groups loaded by the caller
         s = (s_word >> (8 * SUB)) & 0xFF
         z = s
@@ -86,7 +86,10 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     else:
         stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
-        w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+        if PAIRED != PAIRED_OFF and WFMT == 1:
+            w = paired_int8(stored, s, z, HAS_ZERO, GROUP_K > 0, PAIRED, DOT_DTYPE)
+        else:
+            w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
     return w.to(DOT_DTYPE)
 
 
