@@ -154,23 +154,32 @@ def test_swapped_weight_only_loop_k_tails_and_fp16(scheme, hidden, inter, dtype)
     assert relative_error(triton_out(case, swapped), reference(case).double()) <= tol
 
 
-@pytest.mark.parametrize("scheme", ["w8a16-g32-asym", "w8a16-ch", "w4a16-g32-asym", "w4a16-ch"])
-def test_swapped_loop_on_the_simulated_ptx(scheme, monkeypatch):
+@pytest.mark.parametrize("scheme,dtype", [
+    ("w8a16-g32-asym", torch.float16), ("w8a16-ch", torch.float16), ("w8a16-ch-asym", torch.bfloat16),
+    ("w4a16-g32-asym", torch.float16), ("w4a16-ch", torch.float16), ("w4a16-ch-asym", torch.bfloat16),
+    ("mxfp4", torch.bfloat16), ("nvfp4", torch.bfloat16)])
+def test_swapped_loop_on_the_simulated_ptx(scheme, dtype, monkeypatch):
     # The whole fused forward with the inline PTX of the pair dequantization, which the interpreter
-    # runs through tests/ptx_sim.py (fp16: bf16 dots are wrong in the interpreter); equal to the
-    # emulated pair numerics, which the interpreter runs otherwise.
+    # runs through tests/ptx_sim.py, equals the forward on the numerics the interpreter runs otherwise
+    # (the integer formats' fp32 emulation, e2m1's fp32 route: exact products), bit for bit. bf16 too:
+    # both runs take the interpreter's same (wrong) bf16 dots on the same tiles (integer formats per
+    # channel: a group scale's product is rounded, which the interpreter's fp32 -> bf16 cast
+    # truncates). fp16 against the reference as well.
     import ptx_sim
     from moekit.triton_ops import quant_gemm
     from moekit.triton_ops.paired_dequant import PAIRED_PTX
 
-    case = make_case(scheme, tokens=5, experts=3, hidden=64, inter=32, bias=True, dtype=torch.float16)
+    case = make_case(scheme, tokens=5, experts=3, hidden=64, inter=32, bias=True, dtype=dtype,
+                     activation="swigluoai" if scheme == "w8a16-ch-asym" else "silu",
+                     layout=GateUpLayout.INTERLEAVED if scheme == "w8a16-ch-asym" else GateUpLayout.CONCATENATED)
     swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(16, 64, 1, swap_ab=True))
-    emulated = triton_out(case, swapped)
+    interpreted = triton_out(case, swapped)
     monkeypatch.setattr(quant_gemm, "paired_mode", lambda *args: PAIRED_PTX.value)
     with ptx_sim.patched_interpreter():
         simulated = triton_out(case, swapped)
-    assert torch.equal(simulated, emulated)
-    assert relative_error(simulated, reference(case).double()) <= 1e-2
+    assert torch.equal(simulated, interpreted)
+    if dtype == torch.float16:
+        assert relative_error(simulated, reference(case).double()) <= 1e-2
 
 
 def test_swapped_tiles_refused_where_the_swapped_loop_does_not_run():
