@@ -8,10 +8,10 @@ import sys
 from rich.markup import escape
 
 import moekit
-from moekit.cli import bench, eplb, explain, info, run, tune
+from moekit.cli import asm, bench, eplb, explain, info, run, tune
 from moekit.cli.common import CliError, make_console
 
-_COMMANDS = (run, explain, info, tune, bench, eplb)
+_COMMANDS = (run, explain, info, tune, bench, eplb, asm)
 
 
 def build_parser() -> argparse.ArgumentParser:

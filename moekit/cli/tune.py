@@ -43,10 +43,10 @@ def add_parser(subparsers) -> None:
 
 def tune_command(args: argparse.Namespace, console: Console) -> int:
     schemes = quant_schemes(args.quant) or ("none",)
-    shapes = _shapes(args)
+    shapes = shapes_from_args(args)
     for name, shape in shapes:  # a scheme that cannot hold a shape is an argument error, found before any work
         for scheme in schemes:
-            _check_applicable(name, shape, scheme)
+            check_applicable(name, shape, scheme)
     if not torch.cuda.is_available():
         raise CliError("tune needs a CUDA GPU: tile configs are measured on the device they serve")
     from moekit.tuning.tuner import DEFAULT_BUCKETS
@@ -98,7 +98,7 @@ def _measured(r) -> dict:
     return {"gemm1": round(r.gemm1_us, 2), "gemm2": round(r.gemm2_us, 2), **r.report}
 
 
-def _check_applicable(name: str, shape, scheme: str) -> None:
+def check_applicable(name: str, shape, scheme: str) -> None:
     if scheme == "none":
         return
     rows = 2 * shape.intermediate_size if shape.activation.gated else shape.intermediate_size
@@ -110,7 +110,7 @@ def _check_applicable(name: str, shape, scheme: str) -> None:
         raise CliError(f"--quant {scheme} cannot hold {name}: {e}") from None
 
 
-def _shapes(args):
+def shapes_from_args(args):
     from moekit.tuning.tuner import TuneShape
 
     dtype = DTYPES[args.dtype]

@@ -11,10 +11,38 @@ not take the call, goes through ``kernel[grid]`` (the fast path is then switched
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 
 _cache: dict[tuple, object] = {}
 _fast_path_ok = True
+_captured: list[Launch] | None = None  # while capture_launches() is active
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch as moekit asked for it (recorded by capture_launches, not run)."""
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+@contextlib.contextmanager
+def capture_launches():
+    """Within this block every launch is recorded instead of run; yields the list. With tensors on
+    the meta device a forward then says what it would compile, on a machine without a GPU
+    (``moekit asm``: triton_ops/offline_compile.py)."""
+    global _captured
+    saved, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = saved
 
 
 def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, num_warps: int, num_stages: int):
@@ -22,6 +50,9 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict, num_war
     when this specialization was launched before. ``args`` are the kernel's leading (non-constexpr)
     parameters in order, ``constexprs`` the rest, by name."""
     global _fast_path_ok
+    if _captured is not None:
+        _captured.append(Launch(kernel, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
+        return None
     if not args[0].is_cuda:  # the interpreter
         return kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
     device = args[0].device.index

@@ -273,15 +273,15 @@ def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_
             and scale.shape[2] % 4 == 0 and scale.data_ptr() % 4 == 0)
 
 
-def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, cuda: bool) -> int:
+def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, compiled: bool) -> int:
     """How the swapped loop dequantizes codes (paired_dequant.py): in 16-bit pairs for uint4 and
     int8 with bf16/fp16 activations and e2m1 with bf16 ones (by inline PTX on the GPU; the integer
     formats' pair numerics computed in fp32 under the interpreter, which runs no PTX), else through
-    fp32."""
+    fp32. ``compiled``: the kernel is compiled (tensors not on the CPU: CUDA, or meta for moekit asm)."""
     integer = spec.weight in (WeightFormat.UINT4, WeightFormat.INT8) and spec.weight_only
     if swap_ab and integer and dtype in (torch.bfloat16, torch.float16):
-        return (PAIRED_PTX if cuda else PAIRED_EMULATED).value
-    if swap_ab and spec.weight is WeightFormat.E2M1 and dtype == torch.bfloat16 and cuda:
+        return (PAIRED_PTX if compiled else PAIRED_EMULATED).value
+    if swap_ab and spec.weight is WeightFormat.E2M1 and dtype == torch.bfloat16 and compiled:
         return PAIRED_PTX.value
     return PAIRED_OFF.value
 
@@ -379,7 +379,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k, hidden),
-             PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.is_cuda)),
+             PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu")),
         g.num_warps, g.num_stages)
     return out
 
@@ -414,7 +414,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k, inter),
-             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.is_cuda)),
+             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu")),
         g.num_warps, g.num_stages)
     return out_rows
 

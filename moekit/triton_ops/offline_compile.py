@@ -1,0 +1,179 @@
+"""Compile recorded launches (launcher.capture_launches) for a GPU architecture on a machine without
+a GPU, and read the compiler's report: registers, spills, shared memory, and the instruction mix of
+the kernel's main loop in the SASS.
+
+Why: kernel work reads these before it changes tiles at random, and GPU time is scarce. Triton's
+wheel carries ptxas, cuobjdump and nvdisasm, so a CPU machine compiles exactly what the GPU would
+(same triton version) — this is how the int8 pair dequantization was measured at 424 -> 284
+instructions per K step before any GPU ran it. A launch is specialized as Triton's JIT would
+specialize it (its own ``native_specialize_impl``: dtypes, 16-byte alignment, integers equal to 1
+or divisible by 16), taking a meta tensor's address as aligned, as CUDA allocations are.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from moekit.triton_ops.launcher import Launch
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    name: str
+    grid: tuple[int, ...]
+    num_warps: int
+    num_stages: int
+    registers: int
+    stack_bytes: int  # per thread: spills and local arrays
+    shared_bytes: int
+    loop_instructions: collections.Counter  # opcode -> count in the main loop (_main_loop; empty: none)
+    layout_conversions: int  # convert_layout ops in the TTGIR
+    shared_stores: int  # local_store ops in the TTGIR (a tile written back to shared memory)
+
+    def loop_mix(self, top: int = 8) -> str:
+        total = sum(self.loop_instructions.values())
+        if not total:
+            return "no loop"
+        mix = ", ".join(f"{op} {n}" for op, n in self.loop_instructions.most_common(top))
+        return f"{total}: {mix}"
+
+
+def compile_launch(launch: Launch, arch: int = 90):
+    """The compiled kernel Triton would build for ``launch`` on an sm_``arch`` GPU."""
+    import triton
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = launch.kernel
+    if not hasattr(fn, "arg_names") or type(fn).__name__ == "InterpretedFunction":
+        raise RuntimeError("offline compilation needs Triton's compiler: unset TRITON_INTERPRET")
+    names = fn.arg_names
+    signature, constexprs, attrs = {}, dict(launch.constexprs), {}
+    for i, (name, arg) in enumerate(zip(names, launch.args)):
+        kind, key = native_specialize_impl(BaseBackend, arg, False, True, True)
+        if kind == "constexpr":
+            signature[name] = "constexpr"
+            constexprs[name] = key
+        else:
+            signature[name] = kind
+            if key == "D":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    for name in names[len(launch.args):]:
+        signature[name] = "constexpr"
+    source = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages))
+
+
+def report(launch: Launch, compiled) -> KernelReport:
+    """What the compiler made of ``launch``: resources from the cubin, the SASS's main loop."""
+    usage = _on_cubin(compiled, "cuobjdump", "--dump-resource-usage")
+    instructions = _instructions(sass_text(compiled))
+    ttgir = compiled.asm["ttgir"]
+    return KernelReport(launch.kernel.__name__, launch.grid, launch.num_warps, launch.num_stages,
+                        int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1)),
+                        compiled.metadata.shared, _main_loop(instructions),
+                        ttgir.count("convert_layout"), ttgir.count("local_store"))
+
+
+def sass_text(compiled) -> str:
+    """The compiled kernel's SASS (nvdisasm)."""
+    return _on_cubin(compiled, "nvdisasm", "-c")
+
+
+def _on_cubin(compiled, tool: str, *args: str) -> str:
+    """The output of one of the CUDA tools Triton's wheel carries, run on the kernel's cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        return _tool(tool, *args, f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def _tool(name: str, *args: str) -> str:
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return subprocess.run([path, *args], capture_output=True, text=True, check=True).stdout
+
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
+_TARGET = re.compile(r"\.(L_x_\d+)")
+
+
+def _instructions(sass: str) -> list[tuple[int, str, str, str | None]]:
+    """(address, opcode without modifiers, operands, label placed just before it) per instruction."""
+    out, label = [], None
+    for line in sass.splitlines():
+        placed = _LABEL.match(line)
+        if placed:
+            label = placed.group(1)
+            continue
+        m = _LINE.search(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2).split(".")[0], m.group(3), label))
+            label = None
+    return out
+
+
+_MMA = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA"}
+
+
+def _main_loop(instructions) -> collections.Counter:
+    """The opcodes of the kernel's main loop: the innermost loop (backward branch to a label) that
+    issues tensor-core instructions, else (CUDA-core kernels) the longest loop."""
+    where = {label: i for i, (_, _, _, label) in enumerate(instructions) if label}
+    loops = []
+    for index, (_, opcode, operands, _) in enumerate(instructions):
+        target = _TARGET.search(operands) if opcode == "BRA" else None
+        start = where.get(target.group(1)) if target else None
+        if start is not None and start < index:
+            loops.append([op for _, op, _, _ in instructions[start:index + 1]])
+    with_mma = [body for body in loops if _MMA.intersection(body)]
+    chosen = min(with_mma, key=len) if with_mma else max(loops, key=len, default=[])
+    return collections.Counter(chosen)
+
+
+def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
+    """The launches of one Triton experts forward at ``shape`` (tuning.tuner.TuneShape) with ``tiles``,
+    on meta tensors: nothing runs, nothing of the model's size is allocated. One expert's weights
+    stand for all (the kernels' code depends on the weights' dtypes and strides, not on E), quantized
+    on the CPU when ``scheme`` is not "none"."""
+    import dataclasses
+
+    import torch
+
+    from moekit.quant import method_for
+    from moekit.triton_ops.experts_kernels import fused_experts
+    from moekit.triton_ops.launcher import capture_launches
+
+    H, I = shape.hidden_size, shape.intermediate_size
+    rows = 2 * I if shape.activation.gated else I
+    meta = dict(device="meta", dtype=shape.dtype)
+    if scheme == "none":
+        w13, w2, spec = torch.empty(1, rows, H, **meta), torch.empty(1, H, I, **meta), None
+    else:
+        method = method_for(scheme)
+        spec = method.spec
+
+        def on_meta(m):
+            return dataclasses.replace(m, **{f.name: getattr(m, f.name).to("meta") for f in dataclasses.fields(m)
+                                            if isinstance(getattr(m, f.name), torch.Tensor)})
+
+        w13 = on_meta(method.quantize(torch.randn(1, rows, H)))
+        w2 = on_meta(method.quantize(torch.randn(1, H, I)))
+    b13, b2 = (torch.empty(1, rows, **meta), torch.empty(1, H, **meta)) if shape.bias else (None, None)
+    x = torch.empty(tokens, H, **meta)
+    ids = torch.empty(tokens, shape.top_k, device="meta", dtype=torch.int32)
+    weights = torch.empty(tokens, shape.top_k, device="meta", dtype=torch.float32)
+    with capture_launches() as launches:
+        fused_experts(x, w13, w2, weights, ids, shape.activation, shape.gate_up_layout, tiles, b13, b2, quant=spec)
+    return launches

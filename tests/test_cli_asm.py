@@ -1,0 +1,58 @@
+"""``moekit asm``: the kernels a forward would launch, compiled for sm90 on this CPU machine (Triton's
+wheel carries ptxas), with the compiler's report. Run as a subprocess: the tests' own process
+defines moekit's kernels for the interpreter, which compiles nothing."""
+
+import os
+import re
+import subprocess
+import sys
+
+from moekit.cli.main import main
+from moekit.triton_ops.offline_compile import _instructions, _main_loop
+
+
+def _asm(*argv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "moekit.cli", "asm", *argv, "--dump", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_asm_compiles_the_int8_pair_loop_for_sm90(tmp_path):
+    done = _asm("--shape", "8,2,256,128", "--quant", "w8a16", "--tokens", "64", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    row = re.search(r"gemm1_quant\s*│\s*(\d+)\s*│\s*(\d+)×(\d+)\s*│\s*(\d+)\s*│\s*(\d+)", out)
+    assert row, out
+    assert int(row.group(4)) > 0 and int(row.group(5)) == 0  # registers, no stack
+    # the swapped loop as the GPU compiles it: int8 pairs by PTX (PRMT, LOP3, HFMA2) feeding wgmma
+    loop = re.search(r"gemm1_quant: (\d+): (.*)", out)
+    assert loop and all(op in loop.group(2) for op in ("LOP3", "PRMT", "HFMA2")), out
+    assert "swapped (W @ x^T)" in out
+    sass = next(p for p in tmp_path.iterdir() if p.name.endswith("gemm1_quant.sass")).read_text()
+    assert "HGMMA" in sass and "prmt.b32 p" in next(p for p in tmp_path.iterdir()
+                                                     if p.name.endswith("gemm1_quant.ptx")).read_text()
+
+
+def test_asm_refuses_to_run_under_the_interpreter(capsys):
+    assert main(["asm", "--shape", "8,2,256,128", "--tokens", "1"]) == 2
+    assert "without TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_the_main_loop_is_the_innermost_one_with_tensor_core_instructions():
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_2:
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0030*/                   LOP3.LUT R3, R3, 0xf, RZ, 0xc0, !PT ;
+        /*0040*/              @!P0 BRA `(.L_x_2) ;
+        /*0050*/                   FADD R4, R4, R5 ;
+        /*0060*/              @!P1 BRA `(.L_x_1) ;
+        /*0070*/                   EXIT ;
+"""
+    loop = _main_loop(_instructions(sass))
+    assert dict(loop) == {"HGMMA": 1, "LOP3": 1, "BRA": 1}
+    cuda_cores = sass.replace("HGMMA.64x64x16.F32.BF16", "FFMA")  # no tensor cores: the longest loop
+    assert sum(_main_loop(_instructions(cuda_cores)).values()) == 6
