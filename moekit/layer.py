@@ -19,6 +19,7 @@ from moekit.kernel.build import build_kernel
 from moekit.parallel import ExpertParallel
 from moekit.problem import MoEProblem, ParallelLayout
 from moekit.quant import QuantizedMatrix, method_for, parse_quant
+from moekit.quant.scale_layout import word_padded
 from moekit.routing import RoutingConfig, route_with_config
 from moekit.shared_experts import SharedExperts
 
@@ -284,6 +285,8 @@ class MoE(nn.Module):
             weights = ExpertWeights(self.w13, self.w2, self.w13_bias, self.w2_bias)
         else:
             rows = 2 * self.intermediate_size if self.activation.gated else self.intermediate_size
+            for name in ("w13_scale", "w2_scale"):  # one-byte scales: rows on word boundaries (scale_layout.py)
+                setattr(self, name, word_padded(getattr(self, name)))
             w13, w2 = self._quantized("w13"), self._quantized("w2")
             self.quant_method.check("w13", w13, self.num_local_experts, rows, self.hidden_size)
             self.quant_method.check("w2", w2, self.num_local_experts, self.hidden_size, self.intermediate_size)

@@ -154,6 +154,37 @@ def test_swapped_weight_only_loop_k_tails_and_fp16(scheme, hidden, inter, dtype)
     assert relative_error(triton_out(case, swapped), reference(case).double()) <= tol
 
 
+@pytest.mark.parametrize("scheme,hidden,inter", [
+    ("mxfp4", 160, 96),  # 5 and 3 groups of 32 a row (gpt-oss: 90): whole words, then single steps
+    ("nvfp4", 80, 48),  # 5 and 3 groups of 16
+    ("mxfp4", 384, 256),  # whole words only (12 and 8 groups), padded rows all the same
+])
+def test_scale_words_with_rows_padded_to_words(scheme, hidden, inter):
+    # One-byte scales whose rows do not fill whole 32-bit words are laid out padded (as the layer
+    # keeps them: quant/scale_layout.py); the swapped loop then reads them as words, and the K
+    # past the last whole word in single steps with byte scales.
+    from moekit.quant.scale_layout import word_padded
+    from moekit.triton_ops.launcher import capture_launches
+
+    case = make_case(scheme, tokens=9, hidden=hidden, inter=inter, bias=True)
+    w = case.weights
+    padded = dataclasses.replace(w, w13=dataclasses.replace(w.w13, scale=word_padded(w.w13.scale)),
+                                 w2=dataclasses.replace(w.w2, scale=word_padded(w.w2.scale)))
+    case = dataclasses.replace(case, weights=padded)
+    group = METHODS[scheme].spec.group_k
+    swapped = ExpertsTiles(16, GemmTiles(32, group, 1, swap_ab=True), GemmTiles(32, group, 1, swap_ab=True))
+    with capture_launches() as launches:
+        triton_out_unchecked(case, swapped)
+    assert [l.constexprs["SCALE_WORDS"] for l in launches if "SCALE_WORDS" in l.constexprs] == [True, True]
+    assert relative_error(triton_out(case, swapped), reference(case).double()) <= 1e-3
+
+
+def triton_out_unchecked(case: Case, tiles) -> None:
+    w = case.weights
+    fused_experts(case.x, w.w13, w.w2, case.topk_weights, case.topk_ids, case.activation, case.layout, tiles,
+                  w.w13_bias, w.w2_bias, quant=w.quant)
+
+
 @pytest.mark.parametrize("scheme,dtype", [
     ("w8a16-g32-asym", torch.float16), ("w8a16-ch", torch.float16), ("w8a16-ch-asym", torch.bfloat16),
     ("w4a16-g32-asym", torch.float16), ("w4a16-ch", torch.float16), ("w4a16-ch-asym", torch.bfloat16),

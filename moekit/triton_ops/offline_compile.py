@@ -128,18 +128,22 @@ _MMA = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA"}
 
 
 def _main_loop(instructions) -> collections.Counter:
-    """The opcodes of the kernel's main loop: the innermost loop (backward branch to a label) that
-    issues tensor-core instructions, else (CUDA-core kernels) the longest loop."""
+    """The opcodes of the kernel's main loop: of the loops (backward branches to a label) issuing
+    tensor-core instructions and holding no such loop inside, the longest (a persistent kernel's
+    tile loop holds its K loop; a K loop may be followed by a shorter tail loop); for CUDA-core
+    kernels the longest loop."""
     where = {label: i for i, (_, _, _, label) in enumerate(instructions) if label}
-    loops = []
+    spans = []
     for index, (_, opcode, operands, _) in enumerate(instructions):
         target = _TARGET.search(operands) if opcode == "BRA" else None
         start = where.get(target.group(1)) if target else None
         if start is not None and start < index:
-            loops.append([op for _, op, _, _ in instructions[start:index + 1]])
-    with_mma = [body for body in loops if _MMA.intersection(body)]
-    chosen = min(with_mma, key=len) if with_mma else max(loops, key=len, default=[])
-    return collections.Counter(chosen)
+            spans.append((start, index + 1))
+    ops = [op for _, op, _, _ in instructions]
+    mma = [(a, b) for a, b in spans if _MMA.intersection(ops[a:b])]
+    innermost = [(a, b) for a, b in mma if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in mma)]
+    a, b = max(innermost or spans, key=lambda span: span[1] - span[0], default=(0, 0))
+    return collections.Counter(ops[a:b])
 
 
 def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
@@ -152,6 +156,7 @@ def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
     import torch
 
     from moekit.quant import method_for
+    from moekit.quant.scale_layout import word_padded
     from moekit.triton_ops.experts_kernels import fused_experts
     from moekit.triton_ops.launcher import capture_launches
 
@@ -164,8 +169,9 @@ def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
         method = method_for(scheme)
         spec = method.spec
 
-        def on_meta(m):
-            return dataclasses.replace(m, **{f.name: getattr(m, f.name).to("meta") for f in dataclasses.fields(m)
+        def on_meta(m):  # (scales laid out as the layer keeps them: quant/scale_layout.py)
+            m = dataclasses.replace(m, scale=word_padded(m.scale))
+            return dataclasses.replace(m, **{f.name: _to_meta(getattr(m, f.name)) for f in dataclasses.fields(m)
                                             if isinstance(getattr(m, f.name), torch.Tensor)})
 
         w13 = on_meta(method.quantize(torch.randn(1, rows, H)))
@@ -177,3 +183,12 @@ def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
     with capture_launches() as launches:
         fused_experts(x, w13, w2, weights, ids, shape.activation, shape.gate_up_layout, tiles, b13, b2, quant=spec)
     return launches
+
+
+def _to_meta(t):
+    """``t`` on the meta device with its strides and storage size (``.to("meta")`` would make a
+    padded view contiguous)."""
+    import torch
+
+    storage = torch.empty(t.untyped_storage().nbytes() // t.element_size(), dtype=t.dtype, device="meta")
+    return storage.as_strided(t.shape, t.stride(), t.storage_offset())

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from moekit.activations import Activation, GateUpLayout
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
+from moekit.quant.scale_layout import kernel_scales, words_fit
 from moekit.quant.spec import WeightFormat
 from moekit.triton_ops.activation_quant import (ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows,
                                                 scale_columns)
@@ -252,9 +253,7 @@ def _weight_args(m: QuantizedMatrix):
     """Pointers and strides of a quantized matrix; absent tensors point at the codes (never read:
     their constexpr flag is off). Zero points share the scales' shape and are made to share their
     strides."""
-    scale = m.scale.contiguous()
-    if scale.dtype == torch.float8_e4m3fn:
-        scale = scale.view(torch.uint8)  # decoded from its bits in the kernel
+    scale = kernel_scales(m)  # (e4m3 as bytes: decoded from its bits in the kernel)
     zero = m.zero.contiguous() if m.zero is not None else m.data
     g_idx = m.g_idx.contiguous() if m.g_idx is not None else m.data
     gscale = m.global_scale if m.global_scale is not None else scale
@@ -264,13 +263,12 @@ def _weight_args(m: QuantizedMatrix):
 
 def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_ab: bool, block_k: int, k: int) -> bool:
     """Whether the swapped loop reads one-byte group scales four groups at a time, as aligned 32-bit
-    words (weight_only_swapped.py): K steps of one group, every row's groups filling whole words (no
-    word reaches past its row), the tensor starting on a word, no zero points. On the CPU (the
-    interpreter) the words are read too, so the path is tested."""
+    words (weight_only_swapped.py): K steps of one group, rows of scales on word boundaries with
+    their last word inside the storage (quant/scale_layout.py: the layer pads rows of 90 groups to
+    92), no zero points. K past the last whole word runs single steps with byte scales. On the CPU
+    (the interpreter) the words are read too, so the path is tested."""
     return (swap_ab and spec.weight_only and spec.group_k > 0 and m.zero is None and scale.dtype == torch.uint8
-            and block_k == spec.group_k and k % (4 * spec.group_k) == 0
-            and scale.stride(2) == 1 and scale.stride(1) % 4 == 0 and scale.stride(0) % 4 == 0
-            and scale.shape[2] % 4 == 0 and scale.data_ptr() % 4 == 0)
+            and block_k == spec.group_k and words_fit(scale))
 
 
 def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, compiled: bool) -> int:

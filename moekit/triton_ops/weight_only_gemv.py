@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from moekit.quant.scale_layout import kernel_scales
 from moekit.quant.spec import QuantizedMatrix, QuantSpec, WeightFormat
 from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.experts_kernels import ACT_CODE, _activate, _block_expert, gate_up_rows
@@ -615,9 +616,7 @@ def _matrix_args(m: QuantizedMatrix):
     """Word view of the codes, scales (e4m3 as bytes), zero points sharing the scales' strides
     (absent: the scales, never read), global scale (absent: the scales)."""
     words = _word_view(m.data)
-    scale = m.scale.contiguous()
-    if scale.dtype == torch.float8_e4m3fn:
-        scale = scale.view(torch.uint8)
+    scale = kernel_scales(m)
     zero = m.zero.contiguous() if m.zero is not None else scale
     gscale = m.global_scale if m.global_scale is not None else scale
     return words, scale, zero, gscale

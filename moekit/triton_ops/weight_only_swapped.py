@@ -94,6 +94,28 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
 
 
 @triton.jit
+def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word, u_word,
+                  gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
+                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                  HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """One K step at k0: the activations, the gate (and up) weight operands, their dots."""
+    if EVEN_K:
+        a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None], other=0.0)
+    else:
+        a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
+    a_t = tl.trans(a)
+    w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                        WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, SUB, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+    acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
+    if GATED:
+        u = _weight_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                            WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, SUB, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+        acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
+    return acc_g, acc_u
+
+
+@triton.jit
 def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  w_base, s_base, z_base, gate_rows, up_rows, col_ok,
                                  stride_wn, stride_wk, stride_sn, stride_sk,
@@ -105,7 +127,8 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
     acc_up zeros when not GATED), computed as W @ x^T. SCALE_WORDS: one-byte scales (e8m0, e4m3) read
     as the aligned 32-bit word of four groups, which the pipeliner streams by asynchronous copies
-    like the codes (a one-byte load it leaves synchronous: the loop waited on it every step)."""
+    like the codes (a one-byte load it leaves synchronous: the loop waited on it every step); K past
+    the last whole word (gpt-oss: 2880 = 22.5 words of 128) runs single steps with byte scales."""
     PACKED: tl.constexpr = WFMT >= 2
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_base + a_rows[:, None] * stride_am + ks[None, :]
@@ -118,9 +141,10 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     # shifts: selecting by the loop-varying group made Triton take the dequantized tile through shared
     # memory every step, sm90 SASS).
     STEPS: tl.constexpr = 4 if SCALE_WORDS else 1
+    k_words = K // (STEPS * BLOCK_K) * (STEPS * BLOCK_K) if SCALE_WORDS else K
     g_word = gate_rows
     u_word = up_rows
-    for k_outer in range(0, K, STEPS * BLOCK_K):
+    for k_outer in range(0, k_words, STEPS * BLOCK_K):
         if SCALE_WORDS:
             word_col = (k_outer // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
             g_word = tl.load((s_base + gate_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32), bitcast=True),
@@ -129,19 +153,14 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                 u_word = tl.load((s_base + up_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32),
                                                                               bitcast=True), mask=col_ok, other=0)
         for sub in tl.static_range(STEPS):
-            k0 = k_outer + sub * BLOCK_K
-            if EVEN_K:
-                a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None], other=0.0)
-            else:
-                a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
-            a_t = tl.trans(a)
-            w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn,
-                                stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, sub, BLOCK_N, BLOCK_K,
-                                EVEN_K, a.dtype)
-            acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
-            if GATED:
-                u = _weight_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn,
-                                    stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, sub, BLOCK_N,
-                                    BLOCK_K, EVEN_K, a.dtype)
-                acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
+            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k_outer + sub * BLOCK_K, K, g_ptrs,
+                                         u_ptrs, s_base, z_base, g_word, u_word, gate_rows, up_rows, col_ok,
+                                         stride_wk, stride_sn, stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO,
+                                         SCALE_WORDS, PAIRED, sub, DOT_PRECISION, BLOCK_N, BLOCK_K, EVEN_K)
+    if SCALE_WORDS:
+        for k0 in range(k_words, K, BLOCK_K):
+            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k0, K, g_ptrs, u_ptrs, s_base, z_base,
+                                         g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
+                                         GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, DOT_PRECISION,
+                                         BLOCK_N, BLOCK_K, EVEN_K)
     return tl.trans(acc_g), tl.trans(acc_u)
