@@ -162,3 +162,22 @@ def test_one_token_runs_without_alignment(monkeypatch, scheme, block_m, split):
     kept[0, 1] = 0.0
     expected = reference(case, ids=ids.clamp(max=4), topk_weights=kept).double()
     assert relative_error(out, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("scheme", ["mxfp4", "nvfp4"])
+def test_decode_gemv_reads_word_padded_scales(scheme):
+    # The layer keeps one-byte scales with rows padded to whole words (quant/scale_layout.py; here
+    # 5 and 3 groups a row): the GEMV reads the strided view as it is.
+    import dataclasses
+
+    from moekit.quant.scale_layout import word_padded
+
+    case = make_case(scheme, tokens=3, experts=3, hidden=5 * 32 if scheme == "mxfp4" else 5 * 16,
+                     inter=3 * 32 if scheme == "mxfp4" else 3 * 16, bias=True)
+    w = case.weights
+    padded = dataclasses.replace(w, w13=dataclasses.replace(w.w13, scale=word_padded(w.w13.scale)),
+                                 w2=dataclasses.replace(w.w2, scale=word_padded(w.w2.scale)))
+    assert not padded.w13.scale.is_contiguous()
+    case = dataclasses.replace(case, weights=padded)
+    out = triton_out(case, gemv_tiles(1, 1, 1, step=32))
+    assert relative_error(out, reference(case).double()) <= 1e-5
