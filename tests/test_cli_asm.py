@@ -45,13 +45,19 @@ def test_the_main_loop_is_the_innermost_one_with_tensor_core_instructions():
 .L_x_1:
         /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
 .L_x_2:
-        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
-        /*0030*/                   LOP3.LUT R3, R3, 0xf, RZ, 0xc0, !PT ;
+        /*0020*/                   LOP3.LUT R3, R3, 0xf, RZ, 0xc0, !PT ;
+.L_x_4:
+        /*0030*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
         /*0040*/              @!P0 BRA `(.L_x_2) ;
         /*0050*/                   FADD R4, R4, R5 ;
         /*0060*/              @!P1 BRA `(.L_x_1) ;
         /*0070*/                   EXIT ;
+.L_x_3:
+        /*0080*/              @!P2 BRA `(.L_x_3) ;
+        /*0090*/                   BRA `(.L_x_4);
 """
+    # the K loop (.L_x_2), not the loop around it, the spin wait at .L_x_3, nor the span from .L_x_4
+    # to the unconditional jump back out of that wait
     loop = _main_loop(_instructions(sass))
     assert dict(loop) == {"HGMMA": 1, "LOP3": 1, "BRA": 1}
     cuda_cores = sass.replace("HGMMA.64x64x16.F32.BF16", "FFMA")  # no tensor cores: the longest loop

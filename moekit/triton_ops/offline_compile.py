@@ -104,13 +104,13 @@ def _tool(name: str, *args: str) -> str:
     return subprocess.run([path, *args], capture_output=True, text=True, check=True).stdout
 
 
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _LABEL = re.compile(r"^\s*\.(L_x_\d+):")
 _TARGET = re.compile(r"\.(L_x_\d+)")
 
 
-def _instructions(sass: str) -> list[tuple[int, str, str, str | None]]:
-    """(address, opcode without modifiers, operands, label placed just before it) per instruction."""
+def _instructions(sass: str) -> list[tuple[bool, str, str, str | None]]:
+    """(predicated, opcode without modifiers, operands, label placed just before it) per instruction."""
     out, label = [], None
     for line in sass.splitlines():
         placed = _LABEL.match(line)
@@ -119,7 +119,7 @@ def _instructions(sass: str) -> list[tuple[int, str, str, str | None]]:
             continue
         m = _LINE.search(line)
         if m:
-            out.append((int(m.group(1), 16), m.group(2).split(".")[0], m.group(3), label))
+            out.append((m.group(2) is not None, m.group(3).split(".")[0], m.group(4), label))
             label = None
     return out
 
@@ -128,14 +128,14 @@ _MMA = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA"}
 
 
 def _main_loop(instructions) -> collections.Counter:
-    """The opcodes of the kernel's main loop: of the loops (backward branches to a label) issuing
-    tensor-core instructions and holding no such loop inside, the longest (a persistent kernel's
-    tile loop holds its K loop; a K loop may be followed by a shorter tail loop); for CUDA-core
-    kernels the longest loop."""
+    """The opcodes of the kernel's main loop: of the loops (predicated backward branches to a label;
+    an unconditional one jumps back from an out-of-line wait) issuing tensor-core instructions and
+    holding no such loop inside, the longest (a persistent kernel's tile loop holds its K loop; a K
+    loop may be followed by a shorter tail loop); for CUDA-core kernels the longest loop."""
     where = {label: i for i, (_, _, _, label) in enumerate(instructions) if label}
     spans = []
-    for index, (_, opcode, operands, _) in enumerate(instructions):
-        target = _TARGET.search(operands) if opcode == "BRA" else None
+    for index, (predicated, opcode, operands, _) in enumerate(instructions):
+        target = _TARGET.search(operands) if opcode == "BRA" and predicated else None
         start = where.get(target.group(1)) if target else None
         if start is not None and start < index:
             spans.append((start, index + 1))
