@@ -330,10 +330,10 @@ def run(rank: int, world: int, port: int, out_dir: str, what: str) -> None:
     except BaseException:
         traceback.print_exc()  # into the log the test reads
         raise
-    if what == "scenarios":
-        dist.barrier()  # every rank's collectives are done before any rank writes or leaves
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
+    if what == "scenarios":
+        dist.barrier()  # every rank's results are on disk before any rank leaves
     # Leave without gloo's teardown: when a peer's sockets close first, gloo's event-loop thread can
     # throw on the dead connection and abort this process (SIGABRT, seen once in CI; pytorch/gloo#514).
     # The results are on disk, so nothing is lost by skipping it.
