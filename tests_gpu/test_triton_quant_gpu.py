@@ -14,6 +14,7 @@ import moekit
 from moekit.activations import GateUpLayout, parse_activation
 from moekit.experts import ExpertWeights, ReferenceExperts, TritonExperts
 from moekit.quant import METHODS, QuantizedMatrix
+from moekit.quant.scale_layout import word_padded
 from moekit.tolerance import relative_error
 
 SHAPES = {
@@ -26,10 +27,11 @@ SCHEMES = sorted(METHODS)
 
 
 def quantize_by_expert(method, e: int, n: int, k: int) -> QuantizedMatrix:
-    """Random [E, N, K] weights quantized one expert at a time (DeepSeek's fp32 w13 would be 30 GB)."""
+    """Random [E, N, K] weights quantized one expert at a time (DeepSeek's fp32 w13 would be 30 GB),
+    one-byte scales laid out as the layer keeps them (gpt-oss mxfp4: rows padded to whole words)."""
     parts = [method.quantize(torch.randn(1, n, k, device="cuda") / k**0.5) for _ in range(e)]
     cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    return QuantizedMatrix(cat("data"), cat("scale"), cat("zero"), cat("g_idx"), cat("global_scale"))
+    return QuantizedMatrix(cat("data"), word_padded(cat("scale")), cat("zero"), cat("g_idx"), cat("global_scale"))
 
 
 def make_weights(name: str, scheme: str) -> ExpertWeights:
