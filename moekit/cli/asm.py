@@ -15,8 +15,7 @@ from rich.table import Table
 
 from moekit.cli.bench import quant_schemes
 from moekit.cli.common import DTYPES, CliError, progress_bar
-from moekit.cli.presets import PRESETS
-from moekit.cli.tune import check_applicable, shapes_from_args
+from moekit.cli.tune import add_shape_arguments, check_applicable, shapes_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -25,11 +24,7 @@ def add_parser(subparsers) -> None:
         description="Compile the Triton kernels one experts forward would launch (tiles as a GPU of --device-name "
                     "would load them) for sm_ARCH on this machine, GPU or not, and report registers, stack "
                     "(spills), shared memory and the main loop's SASS instruction mix.")
-    parser.add_argument("--preset", action="append", choices=list(PRESETS), metavar="NAME",
-                        help="model shape (repeatable); one of: " + ", ".join(PRESETS))
-    parser.add_argument("--shape", metavar="E,K,H,I", help="explicit shape instead of a preset: experts, top_k, "
-                        "hidden, intermediate (silu, concatenated gate/up, no bias)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="default bf16")
+    add_shape_arguments(parser)
     parser.add_argument("--quant", action="append", default=None, metavar="SCHEME",
                         help="the experts quantized to SCHEME (repeatable; aliases such as w8a16 allowed)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 256, 4096], metavar="T",

@@ -25,11 +25,7 @@ def add_parser(subparsers) -> None:
         "tune", help="tune the Triton experts kernels' tiles for a shape on this GPU",
         description="Time tile candidates of the fused experts kernels per token-count bucket and write the best "
                     "as JSON keyed by device, shape, dtype and quant scheme; the kernel loads the nearest bucket.")
-    parser.add_argument("--preset", action="append", choices=list(PRESETS), metavar="NAME",
-                        help="model shape (repeatable); one of: " + ", ".join(PRESETS))
-    parser.add_argument("--shape", metavar="E,K,H,I", help="explicit shape instead of a preset: experts, top_k, "
-                        "hidden, intermediate (silu, concatenated gate/up, no bias)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="default bf16")
+    add_shape_arguments(parser)
     parser.add_argument("--quant", action="append", default=None, metavar="SCHEME",
                         help="tune the forward on experts quantized to SCHEME (repeatable; aliases such as w4a16 "
                              "allowed); candidates are timed as whole forwards and checked against the reference")
@@ -39,6 +35,15 @@ def add_parser(subparsers) -> None:
                         help="where to write the tables (default: the package's config folder)")
     parser.add_argument("--compile-workers", type=int, default=8, help="threads compiling candidates ahead")
     parser.set_defaults(handler=tune_command)
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset (repeatable) or --shape, and --dtype: what shapes_from_args reads."""
+    parser.add_argument("--preset", action="append", choices=list(PRESETS), metavar="NAME",
+                        help="model shape (repeatable); one of: " + ", ".join(PRESETS))
+    parser.add_argument("--shape", metavar="E,K,H,I", help="explicit shape instead of a preset: experts, top_k, "
+                        "hidden, intermediate (silu, concatenated gate/up, no bias)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="default bf16")
 
 
 def tune_command(args: argparse.Namespace, console: Console) -> int:
