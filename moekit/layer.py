@@ -245,6 +245,15 @@ class MoE(nn.Module):
     _EXPERT_TENSORS = ("w13", "w2", "w13_bias", "w2_bias") + tuple(
         f"{name}_{part}" for name in ("w13", "w2") for part in ("scale", "zero", "g_idx", "global_scale"))
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """As nn.Module's, with word-padded scales (quant/scale_layout.py) given contiguous: a state
+        dict holds plain tensors (safetensors refuses strided ones); loading lays them out again."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("w13_scale", "w2_scale"):
+            t = destination.get(prefix + name)
+            if t is not None and not t.is_contiguous():
+                destination[prefix + name] = t.contiguous()
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """An expert-parallel layer takes a state dict of all E experts (a single-device layer's, or a
         checkpoint's) and keeps its own; its own ``state_dict()`` holds only those."""

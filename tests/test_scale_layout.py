@@ -47,8 +47,10 @@ def test_the_layer_keeps_its_one_byte_scales_word_aligned():
     # 96 and 160 columns: 3 and 5 groups of 32 (gpt-oss: 90); after loading and a move too
     layer = moekit.MoE(4, 2, 96, 160, quant="mxfp4", dtype=torch.float32, device="cpu")
     assert words_fit(layer.w13_scale) and words_fit(layer.w2_scale)
+    state = layer.state_dict()
+    assert state["w13_scale"].is_contiguous() and torch.equal(state["w13_scale"], layer.w13_scale)  # plain tensors
     other = moekit.MoE(4, 2, 96, 160, quant="mxfp4", dtype=torch.float32, device="cpu")
-    other.load_state_dict(layer.state_dict())
+    other.load_state_dict(state)
     other.to(torch.float32)  # .to() copies a strided view contiguous: the layer lays it out again
     assert words_fit(other.w13_scale) and words_fit(other.w2_scale)
     x = torch.randn(5, 96)

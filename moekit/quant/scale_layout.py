@@ -8,8 +8,7 @@ has rows 90 bytes apart. The layer therefore keeps such scales as a view [E, N, 
 [E, N, G rounded up to 4] (zeros past G): the same values, 2% more scale bytes, rows on word
 boundaries. Nothing else changes: every reader takes the view's strides. (The layer re-lays its
 scales whenever it composes its kernel: after loading, ``.to()`` — which copies a strided view
-contiguous — or new weights. Its ``state_dict()`` then holds that view: ``torch.save`` keeps it as
-is; ``safetensors`` wants ``.contiguous()`` first.)
+contiguous — or new weights. Its ``state_dict()`` gives them contiguous, as any state dict.)
 """
 
 from __future__ import annotations
