@@ -40,8 +40,7 @@ def add_parser(subparsers) -> None:
 def asm_command(args: argparse.Namespace, console: Console) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":  # moekit's kernels were then defined for the interpreter
         raise CliError("asm compiles kernels: run it without TRITON_INTERPRET=1")
-    from moekit.triton_ops.offline_compile import compile_launch, forward_launches, report, sass_text
-    from moekit.triton_ops.tile_configs import TableKey, describe_tiles, tiles_for
+    from moekit.triton_ops.tile_configs import TableKey
 
     schemes = quant_schemes(args.quant) or ("none",)
     shapes = shapes_from_args(args)
@@ -53,32 +52,39 @@ def asm_command(args: argparse.Namespace, console: Console) -> int:
             key = TableKey(args.device_name, shape.num_experts, shape.top_k, shape.hidden_size,
                            shape.intermediate_size, DTYPES[args.dtype], shape.activation.gated, scheme)
             for tokens in args.tokens:
-                tiles, source = tiles_for(key, tokens)
-                launches = forward_launches(shape, scheme, tokens, tiles)
                 label = f"{name}{'' if scheme == 'none' else ' ' + scheme}, {tokens} token{'' if tokens == 1 else 's'}"
-                table = Table(title=f"{label}: {describe_tiles(tiles)} ({source}), sm_{args.arch}",
-                              title_justify="left")
-                for column in ("kernel", "grid", "warps×stages", "regs", "stack B", "shared KiB", "loop instr."):
-                    table.add_column(column, justify="left" if column == "kernel" else "right", no_wrap=True)
-                mixes = []
-                with progress_bar(console) as progress:
-                    task = progress.add_task(f"compiling {label}", total=len(launches))
-                    for launch in launches:
-                        compiled = compile_launch(launch, args.arch)
-                        r = report(launch, compiled)
-                        if args.dump:
-                            _dump(args.dump, label, r.name, compiled, sass_text(compiled))
-                        loop = sum(r.loop_instructions.values())
-                        table.add_row(r.name.lstrip("_"), "×".join(map(str, r.grid)), f"{r.num_warps}×{r.num_stages}",
-                                      str(r.registers), str(r.stack_bytes), f"{r.shared_bytes / 1024:g}",
-                                      str(loop) if loop else "-")
-                        if loop:
-                            mixes.append(f"  {r.name.lstrip('_')}: {r.loop_mix(12)} (TTGIR: {r.layout_conversions} "
-                                         f"layout conversions, {r.shared_stores} stores to shared memory)")
-                        progress.advance(task)
-                console.print(table)
-                console.print("main loop per iteration (SASS):", *mixes, sep="\n", soft_wrap=True)
+                _show_forward(label, shape, scheme, key, tokens, args, console)
     return 0
+
+
+def _show_forward(label: str, shape, scheme: str, key, tokens: int, args: argparse.Namespace,
+                  console: Console) -> None:
+    """Compile one forward's launches and print their table, then their main loops' mix."""
+    from moekit.triton_ops.offline_compile import compile_launch, forward_launches, report, sass_text
+    from moekit.triton_ops.tile_configs import describe_tiles, tiles_for
+
+    tiles, source = tiles_for(key, tokens)
+    launches = forward_launches(shape, scheme, tokens, tiles)
+    table = Table(title=f"{label}: {describe_tiles(tiles)} ({source}), sm_{args.arch}", title_justify="left")
+    for column in ("kernel", "grid", "warps×stages", "regs", "stack B", "shared KiB", "loop instr."):
+        table.add_column(column, justify="left" if column == "kernel" else "right", no_wrap=True)
+    mixes = []
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"compiling {label}", total=len(launches))
+        for launch in launches:
+            compiled = compile_launch(launch, args.arch)
+            r = report(launch, compiled)
+            if args.dump:
+                _dump(args.dump, label, r.name, compiled, sass_text(compiled))
+            name, loop = r.name.lstrip("_"), sum(r.loop_instructions.values())
+            table.add_row(name, "×".join(map(str, r.grid)), f"{r.num_warps}×{r.num_stages}", str(r.registers),
+                          str(r.stack_bytes), f"{r.shared_bytes / 1024:g}", str(loop) if loop else "-")
+            if loop:
+                mixes.append(f"  {name}: {r.loop_mix(12)} (TTGIR: {r.layout_conversions} layout conversions, "
+                             f"{r.shared_stores} stores to shared memory)")
+            progress.advance(task)
+    console.print(table)
+    console.print("main loop per iteration (SASS):", *mixes, sep="\n", soft_wrap=True)
 
 
 def _dump(folder: Path, label: str, kernel: str, compiled, sass: str) -> None:
