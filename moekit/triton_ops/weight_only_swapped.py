@@ -15,9 +15,10 @@ prefill ran at 0.2-0.5x the bf16 forward. With the weights as A:
 - the activations (the B operand, x^T) stream in by asynchronous copies as for bf16.
 
 A K step stays within one scale group (quant_gemm.quant_block_k): one scale and zero point per
-weight row. Dequantization per element: the code's bits made an fp32 (quant_formats), minus the
-zero point (integer formats), times the group scale, then half a conversion. A scale spanning K
-(per channel) and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
+weight row. Dequantization: with bf16/fp16 activations, in 16-bit pairs by inline PTX
+(paired_dequant.py: uint4 and int8, e2m1 with bf16); otherwise per element the code's bits made an
+fp32 (quant_formats), minus the zero point (integer formats), times the group scale, then half a
+conversion. A scale spanning K (per channel) and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
 as weight_only_loop.weight_only_mainloop's, so the kernels' epilogues do not change.
 """
 
