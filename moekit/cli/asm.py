@@ -77,8 +77,9 @@ def _show_forward(label: str, shape, scheme: str, key, tokens: int, args: argpar
             if args.dump:
                 _dump(args.dump, label, r.name, compiled, sass_text(compiled))
             name, loop = r.name.lstrip("_"), sum(r.loop_instructions.values())
-            table.add_row(name, "×".join(map(str, r.grid)), f"{r.num_warps}×{r.num_stages}", str(r.registers),
-                          str(r.stack_bytes), f"{r.shared_bytes / 1024:g}", str(loop) if loop else "-")
+            cells = ("×".join(map(str, launch.grid)), f"{launch.num_warps}×{launch.num_stages}", str(r.registers),
+                     str(r.stack_bytes), f"{r.shared_bytes / 1024:g}", str(loop) if loop else "-")
+            table.add_row(name, *cells)
             if loop:
                 mixes.append(f"  {name}: {r.loop_mix(12)} (TTGIR: {r.layout_conversions} layout conversions, "
                              f"{r.shared_stores} stores to shared memory)")

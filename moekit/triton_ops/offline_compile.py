@@ -24,16 +24,17 @@ from moekit.triton_ops.launcher import Launch
 
 @dataclass(frozen=True)
 class KernelReport:
-    name: str
-    grid: tuple[int, ...]
-    num_warps: int
-    num_stages: int
+    launch: Launch
     registers: int
     stack_bytes: int  # per thread: spills and local arrays
     shared_bytes: int
     loop_instructions: collections.Counter  # opcode -> count in the main loop (_main_loop; empty: none)
     layout_conversions: int  # convert_layout ops in the TTGIR
     shared_stores: int  # local_store ops in the TTGIR (a tile written back to shared memory)
+
+    @property
+    def name(self) -> str:
+        return self.launch.kernel.__name__
 
     def loop_mix(self, top: int = 8) -> str:
         total = sum(self.loop_instructions.values())
@@ -76,10 +77,9 @@ def report(launch: Launch, compiled) -> KernelReport:
     usage = _on_cubin(compiled, "cuobjdump", "--dump-resource-usage")
     instructions = _instructions(sass_text(compiled))
     ttgir = compiled.asm["ttgir"]
-    return KernelReport(launch.kernel.__name__, launch.grid, launch.num_warps, launch.num_stages,
-                        int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1)),
-                        compiled.metadata.shared, _main_loop(instructions),
-                        ttgir.count("convert_layout"), ttgir.count("local_store"))
+    return KernelReport(launch, int(re.search(r"REG:(\d+)", usage).group(1)),
+                        int(re.search(r"STACK:(\d+)", usage).group(1)), compiled.metadata.shared,
+                        _main_loop(instructions), ttgir.count("convert_layout"), ttgir.count("local_store"))
 
 
 def sass_text(compiled) -> str:

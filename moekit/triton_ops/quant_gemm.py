@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from moekit.activations import Activation, GateUpLayout
-from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.scale_layout import kernel_scales, words_fit
+from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
 from moekit.triton_ops.activation_quant import (ActivatedRows, QuantizedRows, RowMap, code_dtype, quantize_rows,
                                                 scale_columns)
@@ -261,7 +261,7 @@ def _weight_args(m: QuantizedMatrix):
                                                   g_idx.stride(0) if m.g_idx is not None else 0)
 
 
-def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_ab: bool, block_k: int, k: int) -> bool:
+def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_ab: bool, block_k: int) -> bool:
     """Whether the swapped loop reads one-byte group scales four groups at a time, as aligned 32-bit
     words (weight_only_swapped.py): K steps of one group, rows of scales on word boundaries with
     their last word inside the storage (quant/scale_layout.py: the layer pads rows of 90 groups to
@@ -376,7 +376,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k, hidden),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
              PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu")),
         g.num_warps, g.num_stages)
     return out
@@ -411,7 +411,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k, inter),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
              PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu")),
         g.num_warps, g.num_stages)
     return out_rows

@@ -196,7 +196,7 @@ def _step_dot(acc, a_even, a_odd, stored, s0, s1, z0, z1, WFMT: tl.constexpr, SF
 
 
 @triton.jit
-def _activation_tiles(a_ptrs, a_row_ok, k0, K, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+def activation_tiles(a_ptrs, a_row_ok, k0, K, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """The activations of one K step (one contiguous load): even and odd columns for packed codes,
     else all of them. ``a_ptrs`` point at column 0 of the rows."""
@@ -252,7 +252,7 @@ def weight_only_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                                          GROUP_K, HAS_ZERO, BLOCK_K, EVEN_K)
         else:
             m_codes, m_s0, m_s1, m_z0, m_z1 = n_codes, n_s0, n_s1, n_z0, n_z1
-        a_even, a_odd = _activation_tiles(a_ptrs, a_row_ok, k0, K, PACKED, BLOCK_M, BLOCK_K, EVEN_K)
+        a_even, a_odd = activation_tiles(a_ptrs, a_row_ok, k0, K, PACKED, BLOCK_M, BLOCK_K, EVEN_K)
         acc_g = _step_dot(acc_g, a_even, a_odd, g_codes, g_s0, g_s1, g_z0, g_z1, WFMT, SFMT, GROUP_K, HAS_ZERO,
                           BLOCK_K, DOT_PRECISION)
         if GATED:

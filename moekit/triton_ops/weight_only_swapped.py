@@ -18,8 +18,9 @@ A K step stays within one scale group (quant_gemm.quant_block_k): one scale and 
 weight row. Dequantization: with bf16/fp16 activations, in 16-bit pairs by inline PTX
 (paired_dequant.py: uint4 and int8, e2m1 with bf16); otherwise per element the code's bits made an
 fp32 (quant_formats), minus the zero point (integer formats), times the group scale, then half a
-conversion. A scale spanning K (per channel) and the nvfp4 global scale stay in the epilogue. The accumulators come out as [BLOCK_M, BLOCK_N],
-as weight_only_loop.weight_only_mainloop's, so the kernels' epilogues do not change.
+conversion. A scale spanning K (per channel) and the nvfp4 global scale stay in the epilogue. The
+accumulators come out as [BLOCK_M, BLOCK_N], as weight_only_loop.weight_only_mainloop's, so the
+kernels' epilogues do not change.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import triton.language as tl
 
 from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_int8, paired_uint4
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
-from moekit.triton_ops.weight_only_loop import code_bits, code_offsets, scale_values, step_scales
+from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, scale_values,
+                                               step_scales)
 
 
 @triton.jit
@@ -95,16 +97,14 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
 
 
 @triton.jit
-def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word, u_word,
+def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word, u_word,
                   gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
                   HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
     """One K step at k0: the activations, the gate (and up) weight operands, their dots."""
-    if EVEN_K:
-        a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None], other=0.0)
-    else:
-        a = tl.load(a_ptrs + k0, mask=a_row_ok[:, None] & (k0 + ks < K)[None, :], other=0.0)
+    a, _same = activation_tiles(a_ptrs, a_row_ok, k0, K, False, BLOCK_M, BLOCK_K, EVEN_K)
     a_t = tl.trans(a)
     w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
                         WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, SUB, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
@@ -131,8 +131,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     like the codes (a one-byte load it leaves synchronous: the loop waited on it every step); K past
     the last whole word (gpt-oss: 2880 = 22.5 words of 128) runs single steps with byte scales."""
     PACKED: tl.constexpr = WFMT >= 2
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = a_base + a_rows[:, None] * stride_am + ks[None, :]
+    a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
     kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
     g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
     u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
@@ -154,14 +153,14 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                 u_word = tl.load((s_base + up_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32),
                                                                               bitcast=True), mask=col_ok, other=0)
         for sub in tl.static_range(STEPS):
-            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k_outer + sub * BLOCK_K, K, g_ptrs,
-                                         u_ptrs, s_base, z_base, g_word, u_word, gate_rows, up_rows, col_ok,
-                                         stride_wk, stride_sn, stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO,
-                                         SCALE_WORDS, PAIRED, sub, DOT_PRECISION, BLOCK_N, BLOCK_K, EVEN_K)
+            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k_outer + sub * BLOCK_K, K, g_ptrs, u_ptrs,
+                                         s_base, z_base, g_word, u_word, gate_rows, up_rows, col_ok, stride_wk,
+                                         stride_sn, stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
+                                         PAIRED, sub, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
     if SCALE_WORDS:
         for k0 in range(k_words, K, BLOCK_K):
-            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, ks, k0, K, g_ptrs, u_ptrs, s_base, z_base,
+            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                                          GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, DOT_PRECISION,
-                                         BLOCK_N, BLOCK_K, EVEN_K)
+                                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
     return tl.trans(acc_g), tl.trans(acc_u)
