@@ -185,6 +185,35 @@ def triton_out_unchecked(case: Case, tiles) -> None:
                   w.w13_bias, w.w2_bias, quant=w.quant)
 
 
+@pytest.mark.parametrize("scheme", ["mxfp4", "nvfp4"])
+def test_scale_word_steps_on_the_simulated_ptx(scheme, monkeypatch):
+    # Steps of four groups (one scale word: the four dequantized group tiles side by side, one dot)
+    # and the single steps past the last whole word, with e2m1's inline PTX run by tests/ptx_sim.py:
+    # bit for bit the forward on the fp32 route (exact products), and the words were read.
+    import ptx_sim
+    from moekit.quant.scale_layout import word_padded
+    from moekit.triton_ops import quant_gemm
+    from moekit.triton_ops.launcher import capture_launches
+    from moekit.triton_ops.paired_dequant import PAIRED_PTX
+
+    group = METHODS[scheme].spec.group_k
+    case = make_case(scheme, tokens=6, experts=3, hidden=5 * group, inter=3 * group, bias=True, dtype=torch.bfloat16)
+    w = case.weights
+    case = dataclasses.replace(case, weights=dataclasses.replace(
+        w, w13=dataclasses.replace(w.w13, scale=word_padded(w.w13.scale)),
+        w2=dataclasses.replace(w.w2, scale=word_padded(w.w2.scale))))
+    swapped = ExpertsTiles(16, GemmTiles(32, group, 1, swap_ab=True), GemmTiles(16, group, 1, swap_ab=True))
+    interpreted = triton_out(case, swapped)
+    monkeypatch.setattr(quant_gemm, "paired_mode", lambda *args: PAIRED_PTX.value)
+    with capture_launches() as launches:  # (captured, not run)
+        triton_out_unchecked(case, swapped)
+    assert [(l.constexprs["SCALE_WORDS"], l.constexprs["PAIRED"]) for l in launches if "SCALE_WORDS" in l.constexprs] \
+        == [(True, PAIRED_PTX.value)] * 2
+    with ptx_sim.patched_interpreter():
+        simulated = triton_out(case, swapped)
+    assert torch.equal(simulated, interpreted)
+
+
 @pytest.mark.parametrize("scheme,dtype", [
     ("w8a16-g32-asym", torch.float16), ("w8a16-ch", torch.float16), ("w8a16-ch-asym", torch.bfloat16),
     ("w4a16-g32-asym", torch.float16), ("w4a16-ch", torch.float16), ("w4a16-ch-asym", torch.bfloat16),

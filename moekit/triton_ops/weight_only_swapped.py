@@ -15,7 +15,11 @@ prefill ran at 0.2-0.5x the bf16 forward. With the weights as A:
 - the activations (the B operand, x^T) stream in by asynchronous copies as for bf16.
 
 A K step stays within one scale group (quant_gemm.quant_block_k): one scale and zero point per
-weight row. Dequantization: with bf16/fp16 activations, in 16-bit pairs by inline PTX
+weight row. One-byte group scales (mxfp4, nvfp4) are read as words of four groups, and a step then
+dequantizes the four group tiles, each with its byte as the rows' scale, and puts them side by side
+into one operand: one dot per accumulator and step, which Triton keeps in flight while the next
+step dequantizes (sm90 PTX: wgmma.wait_group 15, where four chained one-group dots waited for each
+dot). Dequantization: with bf16/fp16 activations, in 16-bit pairs by inline PTX
 (paired_dequant.py: uint4 and int8, e2m1 with bf16); otherwise per element the code's bits made an
 fp32 (quant_formats), minus the zero point (integer formats), times the group scale, then half a
 conversion. A scale spanning K (per channel) and the nvfp4 global scale stay in the epilogue. The
@@ -30,8 +34,8 @@ import triton.language as tl
 
 from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_int8, paired_uint4
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
-from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, scale_values,
-                                               step_scales)
+from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, per_row,
+                                               scale_values, step_scales)
 
 
 @triton.jit
@@ -47,9 +51,10 @@ def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EV
 
 @triton.jit
 def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
-                      GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr):
-    """fp32 [BLOCK_N, HALF] values of stored codes (the high nibbles with HIGH), all in one scale group
-    (per row: ``s``, ``z``)."""
+                      GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr, PER_ELEMENT: tl.constexpr):
+    """fp32 [BLOCK_N, HALF] values of stored codes (the high nibbles with HIGH): per row one scale
+    group (``s``, ``z`` [BLOCK_N]), or with PER_ELEMENT the scales of each code (``s`` [BLOCK_N, HALF],
+    no zero points: a step of scale words)."""
     v = code_bits(stored, HIGH, WFMT)
     if WFMT != 3:
         if HAS_ZERO:
@@ -57,10 +62,17 @@ def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT
         else:
             v = v - code_offsets(z, WFMT, HAS_ZERO)
     if GROUP_K > 0:
-        v = v * scale_values(s, WFMT, SFMT)[:, None]
+        v = v * per_row(scale_values(s, WFMT, SFMT), PER_ELEMENT)
     elif WFMT == 3:
         v = v * E2M1_UNBIAS
     return v
+
+
+@triton.jit
+def _side_by_side(left, right):
+    """[rows, C] and [rows, C] -> [rows, 2C]: ``left``'s columns, then ``right``'s. (A join, a
+    transpose and a reshape: Triton moves no data for it.)"""
+    return tl.reshape(tl.permute(tl.join(left, right), (0, 2, 1)), (left.shape[0], 2 * left.shape[1]))
 
 
 @triton.jit
@@ -68,10 +80,11 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0 (within one scale group:
-    quant_gemm.quant_block_k), in DOT_DTYPE. PAIRED: bytes of 4-bit codes, or two int8 codes, become
-    their two values in half-precision pairs (paired_dequant.py)."""
-    if SCALE_WORDS:  # byte scales: byte SUB of the word of four groups loaded by the caller
+    """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0, in DOT_DTYPE: within one
+    scale group (quant_gemm.quant_block_k), or with SCALE_WORDS four groups scaled by the bytes of
+    the rows' scale words ``s_word``. PAIRED: bytes of 4-bit codes, or two int8 codes, become their
+    two values in half-precision pairs (paired_dequant.py)."""
+    if SCALE_WORDS:  # byte SUB of the word of four groups loaded by the caller
         s = (s_word >> (8 * SUB)) & 0xFF
         z = s
     else:
@@ -82,36 +95,66 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
         if PAIRED != PAIRED_OFF and WFMT == 2:
             lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
         elif PAIRED != PAIRED_OFF:
-            lo, hi = paired_e2m1(stored, s, SFMT, DOT_DTYPE)
+            lo, hi = paired_e2m1(stored, s, SFMT, False, DOT_DTYPE)
         else:
-            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
-            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
+            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
+            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     else:
         stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
         if PAIRED != PAIRED_OFF and WFMT == 1:
             w = paired_int8(stored, s, z, HAS_ZERO, GROUP_K > 0, PAIRED, DOT_DTYPE)
         else:
-            w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+            w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
     return w.to(DOT_DTYPE)
+
+
+@triton.jit
+def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                  WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+                  SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The weight operand of a K step: one [BLOCK_N, BLOCK_K] tile, or with SCALE_WORDS the four
+    groups of the rows' scale words side by side, [BLOCK_N, 4 * BLOCK_K], each dequantized with its
+    byte of the word as a row's scale. (One operand, not four dots: Triton waited for each of four
+    chained dots in a step, sm90 PTX wgmma.wait_group 0; a scale chosen per column by a shift
+    made it dequantize in another layout and move the tile through shared memory.)"""
+    if SCALE_WORDS:
+        w0 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                             WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 0, BLOCK_N, BLOCK_K, True, DOT_DTYPE)
+        w1 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + BLOCK_K, K, stride_wk, stride_sn,
+                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 1, BLOCK_N, BLOCK_K, True,
+                             DOT_DTYPE)
+        w2 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + 2 * BLOCK_K, K, stride_wk, stride_sn,
+                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 2, BLOCK_N, BLOCK_K, True,
+                             DOT_DTYPE)
+        w3 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + 3 * BLOCK_K, K, stride_wk, stride_sn,
+                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 3, BLOCK_N, BLOCK_K, True,
+                             DOT_DTYPE)
+        return _side_by_side(_side_by_side(w0, w1), _side_by_side(w2, w3))
+    else:
+        return _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                               WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, BLOCK_N, BLOCK_K, EVEN_K, DOT_DTYPE)
 
 
 @triton.jit
 def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word, u_word,
                   gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
-                  HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr,
+                  HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr):
-    """One K step at k0: the activations, the gate (and up) weight operands, their dots."""
-    a, _same = activation_tiles(a_ptrs, a_row_ok, k0, K, False, BLOCK_M, BLOCK_K, EVEN_K)
+    """One K step at k0 (BLOCK_K columns, four times that with SCALE_WORDS): the activations, the
+    gate (and up) weight operands, their dots."""
+    STEP_K: tl.constexpr = 4 * BLOCK_K if SCALE_WORDS else BLOCK_K
+    a, _same = activation_tiles(a_ptrs, a_row_ok, k0, K, False, BLOCK_M, STEP_K, EVEN_K or SCALE_WORDS)
     a_t = tl.trans(a)
-    w = _weight_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                        WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, SUB, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+    w = _step_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                      WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
     acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
     if GATED:
-        u = _weight_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                            WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, SUB, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+        u = _step_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                          WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
         acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
     return acc_g, acc_u
 
@@ -131,36 +174,34 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     like the codes (a one-byte load it leaves synchronous: the loop waited on it every step); K past
     the last whole word (gpt-oss: 2880 = 22.5 words of 128) runs single steps with byte scales."""
     PACKED: tl.constexpr = WFMT >= 2
-    a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
+    acc_g = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    # With SCALE_WORDS a step spans the four groups of one scale word (_step_operand).
+    STEP_K: tl.constexpr = 4 * BLOCK_K if SCALE_WORDS else BLOCK_K
+    a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, STEP_K)[None, :]
     kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
     g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
     u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
-    acc_g = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    # With SCALE_WORDS a step is four K steps, one per byte of the scale words (bytes picked by constant
-    # shifts: selecting by the loop-varying group made Triton take the dequantized tile through shared
-    # memory every step, sm90 SASS).
-    STEPS: tl.constexpr = 4 if SCALE_WORDS else 1
-    k_words = K // (STEPS * BLOCK_K) * (STEPS * BLOCK_K) if SCALE_WORDS else K
+    k_words = K // STEP_K * STEP_K if SCALE_WORDS else K
     g_word = gate_rows
     u_word = up_rows
-    for k_outer in range(0, k_words, STEPS * BLOCK_K):
+    for k0 in range(0, k_words, STEP_K):
         if SCALE_WORDS:
-            word_col = (k_outer // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
+            word_col = (k0 // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
             g_word = tl.load((s_base + gate_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32), bitcast=True),
                              mask=col_ok, other=0)
             if GATED:
                 u_word = tl.load((s_base + up_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32),
                                                                               bitcast=True), mask=col_ok, other=0)
-        for sub in tl.static_range(STEPS):
-            acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k_outer + sub * BLOCK_K, K, g_ptrs, u_ptrs,
-                                         s_base, z_base, g_word, u_word, gate_rows, up_rows, col_ok, stride_wk,
-                                         stride_sn, stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
-                                         PAIRED, sub, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
-    if SCALE_WORDS:
+        acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word,
+                                     u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk, GATED, WFMT,
+                                     SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N,
+                                     BLOCK_K, EVEN_K)
+    if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
+        a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
         for k0 in range(k_words, K, BLOCK_K):
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
-                                         GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, DOT_PRECISION,
+                                         GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, DOT_PRECISION,
                                          BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
     return tl.trans(acc_g), tl.trans(acc_u)
