@@ -110,6 +110,21 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
 
 
 @triton.jit
+def _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
+                PAIRED: tl.constexpr, FIRST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                DOT_DTYPE: tl.constexpr):
+    """Groups FIRST and FIRST + 1 of the step at k0 side by side, each scaled by its byte of the word."""
+    left = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + FIRST * BLOCK_K, K, stride_wk,
+                           stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, FIRST, BLOCK_N,
+                           BLOCK_K, True, DOT_DTYPE)
+    right = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + (FIRST + 1) * BLOCK_K, K,
+                            stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, FIRST + 1,
+                            BLOCK_N, BLOCK_K, True, DOT_DTYPE)
+    return _side_by_side(left, right)
+
+
+@triton.jit
 def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                   WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                   SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -120,18 +135,11 @@ def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk
     chained dots in a step, sm90 PTX wgmma.wait_group 0; a scale chosen per column by a shift
     made it dequantize in another layout and move the tile through shared memory.)"""
     if SCALE_WORDS:
-        w0 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                             WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 0, BLOCK_N, BLOCK_K, True, DOT_DTYPE)
-        w1 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + BLOCK_K, K, stride_wk, stride_sn,
-                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 1, BLOCK_N, BLOCK_K, True,
-                             DOT_DTYPE)
-        w2 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + 2 * BLOCK_K, K, stride_wk, stride_sn,
-                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 2, BLOCK_N, BLOCK_K, True,
-                             DOT_DTYPE)
-        w3 = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + 3 * BLOCK_K, K, stride_wk, stride_sn,
-                             stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, 3, BLOCK_N, BLOCK_K, True,
-                             DOT_DTYPE)
-        return _side_by_side(_side_by_side(w0, w1), _side_by_side(w2, w3))
+        first = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                            WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 0, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        second = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
+                             WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 2, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        return _side_by_side(first, second)
     else:
         return _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                                WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, BLOCK_N, BLOCK_K, EVEN_K, DOT_DTYPE)
