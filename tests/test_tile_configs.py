@@ -29,9 +29,16 @@ QUANT_TABLES = sorted(p.name for p in tc.CONFIG_DIR.glob("*.json") if json.loads
 
 
 def test_quant_tables_shipped():
-    # fp8 per channel / per tensor at the four benchmark shapes (256 and 4096 tokens); 256 and 4096 tokens of
-    # w4a16-g128 (w4a16-g64 at gpt-oss: 2880 is no multiple of 128), mxfp4 and nvfp4 at the four shapes
-    assert len(QUANT_TABLES) == 20, QUANT_TABLES
+    # At the four benchmark shapes (256 and 4096 tokens): fp8 per channel / per tensor, w4a16-g128
+    # (w4a16-g64 at gpt-oss: 2880 is no multiple of 128), w8a16 per channel, mxfp4 and nvfp4
+    schemes = {"fp8-per-channel", "fp8-per-tensor", "w4a16-g128", "w8a16-ch", "mxfp4", "nvfp4"}
+    expected = set()
+    for e, k, h, i in SHIPPED_SHAPES[:4]:  # the bench shapes: Mixtral, Qwen3-30B, DeepSeek-V3, gpt-oss-120b
+        for scheme in schemes:
+            if h == 2880 and scheme == "w4a16-g128":
+                scheme = "w4a16-g64"
+            expected.add(f"E{e}-k{k}-H{h}-I{i}-bfloat16-{scheme}-NVIDIA_H200.json")
+    assert set(QUANT_TABLES) == expected
 
 
 @pytest.mark.parametrize("name", QUANT_TABLES)
