@@ -28,7 +28,7 @@ def _pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS:
     stored = tl.load(b_ptr + offs)
     s = tl.load(s_ptr + r)
     if E2M1:
-        lo, hi = paired_e2m1(stored, s, SFMT, False, lo_ptr.dtype.element_ty)
+        lo, hi = paired_e2m1(stored, s, SFMT, lo_ptr.dtype.element_ty)
     else:
         lo, hi = paired_uint4(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, MODE, lo_ptr.dtype.element_ty)
     tl.store(lo_ptr + offs, lo)

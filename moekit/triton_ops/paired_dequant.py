@@ -36,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.weight_only_loop import per_row, plain_scale_values
+from moekit.triton_ops.weight_only_loop import plain_scale_values
 
 PAIRED_OFF = tl.constexpr(0)  # the fp32 route
 PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the interpreter)
@@ -186,11 +186,10 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
 
 
 @triton.jit
-def paired_e2m1(stored, s, SFMT: tl.constexpr, PER_ELEMENT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
-    scale (times 2**-9 for e4m3 scales, as the fp32 route leaves it): ``s`` [rows], or with
-    PER_ELEMENT [rows, HALF] (a step spanning groups)."""
-    scale = per_row(_pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE), PER_ELEMENT)
+    scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
+    scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
     factor = tl.full((stored.shape[0], 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
     byte = stored.to(tl.int32) & 0xFF
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)

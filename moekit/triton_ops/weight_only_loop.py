@@ -140,15 +140,6 @@ def scale_values(raw, WFMT: tl.constexpr, SFMT: tl.constexpr):
 
 
 @triton.jit
-def per_row(v, PER_ELEMENT: tl.constexpr):
-    """Values that scale a [rows, cols] tile: [rows] -> [rows, 1]; with PER_ELEMENT already [rows, cols]."""
-    if PER_ELEMENT:
-        return v
-    else:
-        return v[:, None]
-
-
-@triton.jit
 def code_offsets(z, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr):
     """What the code bits carry besides the code minus its zero point (fp32 [BLOCK_N] or scalar)."""
     if HAS_ZERO:

@@ -34,8 +34,8 @@ import triton.language as tl
 
 from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_int8, paired_uint4
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
-from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, per_row,
-                                               scale_values, step_scales)
+from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, scale_values,
+                                               step_scales)
 
 
 @triton.jit
@@ -51,10 +51,9 @@ def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EV
 
 @triton.jit
 def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
-                      GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr, PER_ELEMENT: tl.constexpr):
-    """fp32 [BLOCK_N, HALF] values of stored codes (the high nibbles with HIGH): per row one scale
-    group (``s``, ``z`` [BLOCK_N]), or with PER_ELEMENT the scales of each code (``s`` [BLOCK_N, HALF],
-    no zero points: a step of scale words)."""
+                      GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """fp32 [BLOCK_N, HALF] values of stored codes (the high nibbles with HIGH), all in one scale group
+    (per row: ``s``, ``z``)."""
     v = code_bits(stored, HIGH, WFMT)
     if WFMT != 3:
         if HAS_ZERO:
@@ -62,7 +61,7 @@ def _dequantized_rows(stored, s, z, HIGH: tl.constexpr, WFMT: tl.constexpr, SFMT
         else:
             v = v - code_offsets(z, WFMT, HAS_ZERO)
     if GROUP_K > 0:
-        v = v * per_row(scale_values(s, WFMT, SFMT), PER_ELEMENT)
+        v = v * scale_values(s, WFMT, SFMT)[:, None]
     elif WFMT == 3:
         v = v * E2M1_UNBIAS
     return v
@@ -95,17 +94,17 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
         if PAIRED != PAIRED_OFF and WFMT == 2:
             lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
         elif PAIRED != PAIRED_OFF:
-            lo, hi = paired_e2m1(stored, s, SFMT, False, DOT_DTYPE)
+            lo, hi = paired_e2m1(stored, s, SFMT, DOT_DTYPE)
         else:
-            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
-            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
+            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     else:
         stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
         if PAIRED != PAIRED_OFF and WFMT == 1:
             w = paired_int8(stored, s, z, HAS_ZERO, GROUP_K > 0, PAIRED, DOT_DTYPE)
         else:
-            w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO, False)
+            w = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
     return w.to(DOT_DTYPE)
 
 
