@@ -331,8 +331,9 @@ def test_layer_with_triton_backend_matches_reference_layer(scheme):
 @pytest.mark.parametrize("one_program", [True, False])
 @pytest.mark.parametrize("scheme", W8A8)
 def test_activation_quant_matches_quantize_activations(scheme, one_program, monkeypatch):
-    if not one_program:  # per tensor: the atomic maximum over a grid of one-row programs
-        monkeypatch.setattr(activation_quant, "AMAX_TILE_ELEMENTS", 1)
+    if not one_program:  # the atomic maximum (per tensor) over one-row programs; 4-row quantizing
+        monkeypatch.setattr(activation_quant, "AMAX_TILE_ELEMENTS", 1)  # programs, the last one partial
+        monkeypatch.setattr(activation_quant, "INTERPRETER_TILE_ELEMENTS", 4 * 256)
     spec = METHODS[scheme].spec
     x = torch.randn(37, 200) * torch.logspace(-3, 1, 200)  # partial last 128-group; fp8 subnormals
     x[3, 199], x[3, 7], x[3, 8] = 127.0, 2.5, -3.5  # int8 per row: scale 1, two exact ties (-> 2, -4)

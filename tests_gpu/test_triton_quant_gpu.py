@@ -152,3 +152,20 @@ def test_reference_activation_quantization_same_on_cuda_as_on_cpu(scheme):
     codes_cpu, scale_cpu = quantize_activations(x.cpu(), spec)
     assert torch.equal(scale.cpu(), scale_cpu)
     assert torch.equal(codes.cpu().view(torch.uint8), codes_cpu.view(torch.uint8))
+
+
+@pytest.mark.parametrize("k", [768, 2880, 7168])
+@pytest.mark.parametrize("scheme", ["fp8-block128", "fp8-per-channel", "fp8-per-tensor", "int8-w8a8"])
+def test_activation_quant_kernel_bit_exact_on_cuda(scheme, k):
+    # The kernel rounds with the GPU's own conversions (fp32 -> e4m3, rint), the CPU reference on
+    # the e4m3 / integer grid by hand: the same codes, ties (exact halves after the division) included.
+    from moekit.quant.dequant import quantize_activations
+    from moekit.triton_ops.activation_quant import quantize_rows
+
+    spec = METHODS[scheme].spec
+    x = torch.randn(1000, k, device="cuda", dtype=torch.bfloat16).float() * torch.logspace(-3, 1, k, device="cuda")
+    x[5, :4] = torch.tensor([127.0, 2.5, -3.5, 0.0], device="cuda")
+    q = quantize_rows(x, spec)
+    codes, scale = quantize_activations(x.cpu(), spec)
+    assert torch.equal(q.scale.cpu().reshape(scale.shape), scale)
+    assert torch.equal(q.codes.cpu().view(torch.uint8), codes.view(torch.uint8))

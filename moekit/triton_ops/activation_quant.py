@@ -20,6 +20,8 @@ from moekit.triton_ops.launcher import cdiv, launch, next_pow2
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 
 AMAX_TILE_ELEMENTS = 1 << 14  # per program of the per-tensor maximum: few atomics on one address
+QUANT_TILE_ELEMENTS = 1 << 12  # per program of the quantization on a GPU (rows x padded columns)
+INTERPRETER_TILE_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -74,36 +76,43 @@ def _real_rows(sorted_ptr, num_rows_ptr, rows, R, num_pairs, HAS_ROW_MAP: tl.con
 
 @triton.jit
 def _quantize_rows(x_ptr, codes_ptr, scale_ptr, tensor_scale_ptr, sorted_ptr, num_rows_ptr,
-                   K, num_pairs, stride_xm, stride_cm, stride_sm,
+                   R, K, num_pairs, stride_xm, stride_cm, stride_sm,
                    IS_FP8: tl.constexpr, PER_TENSOR: tl.constexpr, STATIC: tl.constexpr,
-                   HAS_ROW_MAP: tl.constexpr, NUM_GROUPS: tl.constexpr, GROUP: tl.constexpr):
-    """One row per program, seen as [NUM_GROUPS, GROUP] columns (per row: one group of the whole
-    row; per 128 columns: the partial last group padded with zeros, as the reference pads it)."""
-    row = tl.program_id(0)
-    cols = tl.arange(0, NUM_GROUPS)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    ok = cols < K
-    load_ok = ok
-    if HAS_ROW_MAP:
-        if row >= tl.load(num_rows_ptr):
-            return  # never read by gemm2
-        pair = tl.load(sorted_ptr + row + tl.zeros_like(cols))  # one address, at the tile's shape
-        load_ok = ok & (pair < num_pairs)  # padding rows: zero codes
-    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + cols, mask=load_ok, other=0.0).to(tl.float32)
+                   HAS_ROW_MAP: tl.constexpr, NUM_GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                   BLOCK_R: tl.constexpr, HW_ROUND: tl.constexpr):
+    """BLOCK_R rows per program, each seen as [NUM_GROUPS, GROUP] columns (per row: one group of the
+    whole row; per 128 columns: the partial last group padded with zeros, as the reference pads it)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    real, written = _real_rows(sorted_ptr, num_rows_ptr, rows, R, num_pairs, HAS_ROW_MAP)  # padding: zero codes
+    groups = tl.arange(0, NUM_GROUPS)
+    cols = groups[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    ok = (cols < K)[None, :, :]
+    row_offsets = rows.to(tl.int64)[:, None, None]
+    x = tl.load(x_ptr + row_offsets * stride_xm + cols[None, :, :], mask=real[:, None, None] & ok,
+                other=0.0).to(tl.float32)  # [BLOCK_R, NUM_GROUPS, GROUP]
     QMAX: tl.constexpr = FP8_MAX if IS_FP8 else INT8_MAX
     if PER_TENSOR:
         if STATIC:
             scale = tl.load(tensor_scale_ptr)
         else:  # tensor_scale_ptr holds the absolute maximum (from _amax_of_rows)
             scale = tl.maximum(tl.math.div_rn(tl.load(tensor_scale_ptr), QMAX), 1e-12)
-        if row == 0:
+        if tl.program_id(0) == 0:
             tl.store(scale_ptr, scale)
-        codes = quantize_values(x, scale, IS_FP8)
+        codes = quantize_values(x, scale, IS_FP8, HW_ROUND)
     else:
-        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 1), QMAX), 1e-12)  # [NUM_GROUPS]
-        groups = tl.arange(0, NUM_GROUPS)
-        tl.store(scale_ptr + row.to(tl.int64) * stride_sm + groups, scale, mask=groups * GROUP < K)
-        codes = quantize_values(x, scale[:, None], IS_FP8)
-    tl.store(codes_ptr + row.to(tl.int64) * stride_cm + cols, codes, mask=ok)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 2), QMAX), 1e-12)  # [BLOCK_R, NUM_GROUPS]
+        tl.store(scale_ptr + rows.to(tl.int64)[:, None] * stride_sm + groups[None, :], scale,
+                 mask=written[:, None] & (groups * GROUP < K)[None, :])
+        codes = quantize_values(x, scale[:, :, None], IS_FP8, HW_ROUND)
+    tl.store(codes_ptr + row_offsets * stride_cm + cols[None, :, :], codes, mask=written[:, None, None] & ok)
+
+
+def rows_per_program(rows: int, padded_k: int, on_gpu: bool) -> int:
+    """Rows one program of _quantize_rows takes: a tile of about QUANT_TILE_ELEMENTS on a GPU (one row
+    per program spent more time in each program's reductions and row bookkeeping than in moving its
+    few kilobytes); the interpreter runs one program at a time, so there as many as fit."""
+    target = QUANT_TILE_ELEMENTS if on_gpu else INTERPRETER_TILE_ELEMENTS
+    return max(1, min(next_pow2(rows), target // padded_k))
 
 
 def code_dtype(spec: QuantSpec) -> torch.dtype:
@@ -149,10 +158,14 @@ def quantize_rows(x: torch.Tensor, spec: QuantSpec, static_scale: torch.Tensor |
                (x, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0)),
                dict(HAS_ROW_MAP=row_map is not None, BLOCK_R=block_r, BLOCK_K=block_k), 4, 1)
     group = spec.act_group if spec.act_group > 0 else next_pow2(k)
-    launch(_quantize_rows, (r,),
-           (x, codes, scale, tensor_scale, sorted_pairs, num_rows, k, num_pairs, x.stride(0), codes.stride(0),
+    num_groups = next_pow2(cdiv(k, group))
+    on_gpu = x.device.type != "cpu"
+    block_r = rows_per_program(r, num_groups * group, on_gpu)
+    launch(_quantize_rows, (cdiv(r, block_r),),
+           (x, codes, scale, tensor_scale, sorted_pairs, num_rows, r, k, num_pairs, x.stride(0), codes.stride(0),
             scale.stride(0)),
            dict(IS_FP8=spec.act is ActQuant.FP8, PER_TENSOR=per_tensor, STATIC=static,
-                HAS_ROW_MAP=row_map is not None, NUM_GROUPS=next_pow2(cdiv(k, group)), GROUP=group),
-           4 if k <= 4096 else 8, 1)
+                HAS_ROW_MAP=row_map is not None, NUM_GROUPS=num_groups, GROUP=group, BLOCK_R=block_r,
+                HW_ROUND=on_gpu),
+           4 if block_r * num_groups * group <= 4096 else 8, 1)
     return QuantizedRows(codes, scale)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 FP8_MAX = tl.constexpr(448.0)  # largest finite e4m3fn value
 INT8_MAX = tl.constexpr(127.0)  # symmetric int8 range
@@ -96,13 +97,20 @@ def round_to_e4m3(x):
 
 
 @triton.jit
-def quantize_values(x, scale, IS_FP8: tl.constexpr):
+def quantize_values(x, scale, IS_FP8: tl.constexpr, HW_ROUND: tl.constexpr = False):
     """x / scale saturated and rounded onto the fp8 e4m3 or int8 grid, as fp8 / int8 codes
-    (quant.dequant.quantize_activations: division, not a reciprocal multiply)."""
+    (quant.dequant.quantize_activations: division, not a reciprocal multiply). HW_ROUND: the GPU's
+    own conversions round (fp32 -> e4m3 and rint: both to nearest, ties to even, as the grid
+    rounding by hand that the interpreter needs), ~25 instructions per element fewer."""
     q = tl.math.div_rn(x, scale)
     if IS_FP8:
-        q = round_to_e4m3(tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX))
+        q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
+        if not HW_ROUND:
+            q = round_to_e4m3(q)
         return q.to(tl.float8e4nv)
     else:
-        q = tl.minimum(tl.maximum(round_half_even(q), -INT8_MAX), INT8_MAX)
-        return q.to(tl.int8)
+        if HW_ROUND:
+            q = libdevice.rint(q)
+        else:
+            q = round_half_even(q)
+        return tl.minimum(tl.maximum(q, -INT8_MAX), INT8_MAX).to(tl.int8)
