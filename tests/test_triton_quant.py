@@ -299,6 +299,26 @@ def test_gemm2_input_quantized_in_gemm1_epilogue(scheme, gemm1):
     assert relative_error(out, reference(case).double()) <= 1e-3
 
 
+@pytest.mark.parametrize("layout,inter,block_n,one_block", [
+    (GateUpLayout.CONCATENATED, 256, 64, True),  # up rows from 256: tiles inside 128-row blocks
+    (GateUpLayout.CONCATENATED, 192, 64, False),  # up rows from 192: a tile straddles two blocks
+    (GateUpLayout.INTERLEAVED, 192, 64, True),  # rows 2c, 2c + 1 of 64 columns: 128 rows
+    (GateUpLayout.INTERLEAVED, 256, 128, False),  # 256 rows: two blocks
+])
+def test_block_scales_one_per_tile_or_per_column(layout, inter, block_n, one_block):
+    # fp8-block128 loads one weight scale per K step where a tile's rows lie in one 128-row block,
+    # else one per column; both against the reference (K = 320: a partial last block).
+    from moekit.triton_ops.quant_gemm import _one_weight_block
+
+    spec = METHODS["fp8-block128"].spec
+    assert _one_weight_block(spec, block_n, inter, layout is GateUpLayout.INTERLEAVED) is one_block
+    assert _one_weight_block(spec, 128) and not _one_weight_block(spec, 256)  # gemm2's tiles
+    case = make_case("fp8-block128", tokens=9, hidden=320, inter=inter, bias=True, layout=layout,
+                     activation="swigluoai" if layout is GateUpLayout.INTERLEAVED else "silu")
+    tiles = ExpertsTiles(16, GemmTiles(block_n, 128, 1), GemmTiles(256 if one_block else 128, 128, 1))
+    assert relative_error(triton_out(case, tiles), reference(case).double()) <= 1e-3
+
+
 @pytest.mark.parametrize("scheme", ["w4a16-g64", "fp8-per-tensor", "int8-w8a8"])
 def test_ungated_relu2(scheme):
     case = make_case(scheme, tokens=10, activation="relu2", bias=True)

@@ -47,13 +47,16 @@ FP8_PROMOTED_ACCUMULATION = True
 
 
 @triton.jit
-def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
+def _mma(acc, a, a_block_scale, w_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
          stride_wn, stride_wk, stride_sn, stride_sk,
          WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
          HAS_ZERO: tl.constexpr, HAS_G_IDX: tl.constexpr, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
-         DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked.
-    (Branches end in one place: the compiler keeps generating code after an early return.)"""
+         DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+         W_SCALAR: tl.constexpr):
+    """acc += a @ (this K block of the weight rows), scaled where the scales are K-blocked (the
+    step's [BLOCK_M] activation and [BLOCK_N] weight block scales, loaded by the caller a step
+    ahead: _block_scales). (Branches end in one place: the compiler keeps generating code after an
+    early return.)"""
     if A_QUANT == 0:  # weight-only reaches here with act-order only (else weight_only_loop.py)
         w = dequantized_tile(w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K, stride_wn, stride_wk,
                              stride_sn, stride_sk, WFMT, SFMT, HAS_ZERO, BLOCK_K, BLOCK_N, a.dtype)
@@ -62,11 +65,15 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
         w = code_tile(w_ptr, rows, row_ok, k0 + tl.arange(0, BLOCK_K) < K, k0, stride_wn, stride_wk, WFMT, BLOCK_K)
         if A_GROUP > 0 or GROUP_K > 0:  # 128x128 blocks: scale each block's dot before summing
             part = tl.dot(a, w, out_dtype=acc.dtype)
-            if A_GROUP > 0:
-                part = part * a_block_scale[:, None]
-            if GROUP_K > 0:
-                part = part * block_weight_scale(s_ptr, rows, row_ok, k0, stride_sn, stride_sk, GROUP_N,
-                                                 GROUP_K)[None, :]
+            if W_SCALAR and A_GROUP > 0:  # one weight block across the tile: one factor per row
+                part = part * (a_block_scale * w_block_scale)[:, None]
+            elif W_SCALAR:
+                part = part * w_block_scale
+            else:
+                if A_GROUP > 0:
+                    part = part * a_block_scale[:, None]
+                if GROUP_K > 0:
+                    part = part * w_block_scale[None, :]
             acc = acc + part
         elif A_QUANT == 1 and FP8_PROMOTE:  # sm90's fp8 MMA accumulates imprecisely: into fp32 once per K step
             acc = tl.dot(a, w, acc, out_dtype=acc.dtype, max_num_imprecise_acc=BLOCK_K)
@@ -75,6 +82,43 @@ def _mma(acc, a, a_block_scale, w_ptr, s_ptr, z_ptr, g_ptr, rows, row_ok, k0, K,
         else:  # (int8 dots name their int32 result: triton 3.6 refuses an int32 acc otherwise)
             acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
     return acc
+
+
+@triton.jit
+def _block_scales(xs_ptr, a_rows, a_row_ok, stride_xsm, s_base, gate_rows, up_rows, col_ok, k, num_k,
+                  stride_sn, stride_sk, GATED: tl.constexpr, A_GROUP: tl.constexpr, GROUP_N: tl.constexpr,
+                  GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  W_SCALAR: tl.constexpr):
+    """The K-blocked scales of step k (clamped to the last step: the loops load the next step's
+    while this one's dots run): the activations' [BLOCK_M] and the gate and up weight rows'
+    [BLOCK_N], or with W_SCALAR (the tile's rows in one block of GROUP_N; ``gate_rows``, ``up_rows``
+    then the first row of each) one scale each. Ones where the scheme has no such blocks. Loaded in
+    the step they are used, these were synchronous loads the step waited on (sm90 SASS: 34 LDG per
+    K step, 32 of them one weight scale repeated across the tile's columns)."""
+    k0 = tl.minimum(k, num_k - 1) * BLOCK_K
+    a_s = tl.full((BLOCK_M,), 1.0, tl.float32)
+    g_s = tl.full((BLOCK_N,), 1.0, tl.float32)
+    u_s = g_s
+    if A_GROUP > 0:
+        a_s = tl.load(xs_ptr + a_rows * stride_xsm + k0 // A_GROUP, mask=a_row_ok, other=0.0)
+    if GROUP_K > 0 and W_SCALAR:
+        g_s = tl.load(s_base + (gate_rows // GROUP_N) * stride_sn + (k0 // GROUP_K) * stride_sk)
+        if GATED:
+            u_s = tl.load(s_base + (up_rows // GROUP_N) * stride_sn + (k0 // GROUP_K) * stride_sk)
+    elif GROUP_K > 0:
+        g_s = block_weight_scale(s_base, gate_rows, col_ok, k0, stride_sn, stride_sk, GROUP_N, GROUP_K)
+        if GATED:
+            u_s = block_weight_scale(s_base, up_rows, col_ok, k0, stride_sn, stride_sk, GROUP_N, GROUP_K)
+    return a_s, g_s, u_s
+
+
+@triton.jit
+def _scale_rows(rows, W_SCALAR: tl.constexpr):
+    """What _block_scales takes as a tile's weight rows: all of them, or with W_SCALAR the first."""
+    if W_SCALAR:
+        return tl.min(rows, 0)
+    else:
+        return rows
 
 
 @triton.jit
@@ -102,7 +146,7 @@ def _gemm1_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, HW_ROUND: tl.constexpr,
+    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, HW_ROUND: tl.constexpr, W_SCALAR: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -136,19 +180,29 @@ def _gemm1_quant(
         else:
             acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
+        num_k = tl.cdiv(K, BLOCK_K)
+        W_BLOCK_K: tl.constexpr = GROUP_K if A_QUANT > 0 else 0  # (act-order weight-only: no block scales)
+        g_scale_rows = _scale_rows(gate_rows, W_SCALAR)
+        u_scale_rows = _scale_rows(up_rows, W_SCALAR)
+        next_a_s, next_g_s, next_u_s = _block_scales(xs_ptr, tokens, row_ok, stride_xsm, s_base, g_scale_rows,
+                                                     u_scale_rows, col_ok, 0, num_k, stride_sn, stride_sk, GATED,
+                                                     A_GROUP, GROUP_N, W_BLOCK_K, BLOCK_K, BLOCK_M, BLOCK_N, W_SCALAR)
+        for k in range(0, num_k):
             k0 = k * BLOCK_K
+            a_s, g_s, u_s = next_a_s, next_g_s, next_u_s
+            if A_GROUP > 0 or W_BLOCK_K > 0:
+                next_a_s, next_g_s, next_u_s = _block_scales(xs_ptr, tokens, row_ok, stride_xsm, s_base, g_scale_rows,
+                                                             u_scale_rows, col_ok, k + 1, num_k, stride_sn, stride_sk,
+                                                             GATED, A_GROUP, GROUP_N, W_BLOCK_K, BLOCK_K, BLOCK_M,
+                                                             BLOCK_N, W_SCALAR)
             a = load_codes(a_ptrs, row_ok[:, None] & (ks < K - k0)[None, :], A_QUANT == 1)
-            if A_GROUP > 0:
-                a_block_scale = tl.load(xs_ptr + tokens * stride_xsm + k0 // A_GROUP, mask=row_ok, other=0.0)
-            acc_g = _mma(acc_g, a, a_block_scale, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
+            acc_g = _mma(acc_g, a, a_s, g_s, w_base, s_base, z_base, g_base, gate_rows, col_ok, k0, K,
                          stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                         HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
+                         HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N, W_SCALAR)
             if GATED:
-                acc_u = _mma(acc_u, a, a_block_scale, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
+                acc_u = _mma(acc_u, a, a_s, u_s, w_base, s_base, z_base, g_base, up_rows, col_ok, k0, K,
                              stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                             HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
+                             HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N, W_SCALAR)
             a_ptrs += BLOCK_K
     a_factor = _act_factor(xs_ptr, tokens, row_ok, stride_xsm, A_QUANT, A_GROUP)
     gs_ptr = wgs_ptr + expert
@@ -194,6 +248,7 @@ def _gemm2_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
+    W_SCALAR: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -224,15 +279,24 @@ def _gemm2_quant(
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        a_block_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
+        num_k = tl.cdiv(K, BLOCK_K)
+        W_BLOCK_K: tl.constexpr = GROUP_K if A_QUANT > 0 else 0  # (act-order weight-only: no block scales)
+        w_scale_rows = _scale_rows(cols, W_SCALAR)
+        next_a_s, next_w_s, _unused = _block_scales(as_ptr, arows, all_rows, stride_asm, s_base, w_scale_rows,
+                                                    w_scale_rows, col_ok, 0, num_k, stride_sn, stride_sk, False,
+                                                    A_GROUP, GROUP_N, W_BLOCK_K, BLOCK_K, BLOCK_M, BLOCK_N, W_SCALAR)
+        for k in range(0, num_k):
             k0 = k * BLOCK_K
+            a_s, w_s = next_a_s, next_w_s
+            if A_GROUP > 0 or W_BLOCK_K > 0:
+                next_a_s, next_w_s, _unused = _block_scales(as_ptr, arows, all_rows, stride_asm, s_base, w_scale_rows,
+                                                            w_scale_rows, col_ok, k + 1, num_k, stride_sn, stride_sk,
+                                                            False, A_GROUP, GROUP_N, W_BLOCK_K, BLOCK_K, BLOCK_M,
+                                                            BLOCK_N, W_SCALAR)
             a = load_codes(a_ptrs, (ks < K - k0)[None, :], A_QUANT == 1)
-            if A_GROUP > 0:
-                a_block_scale = tl.load(as_ptr + arows * stride_asm + k0 // A_GROUP)
-            acc = _mma(acc, a, a_block_scale, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
+            acc = _mma(acc, a, a_s, w_s, w_base, s_base, z_base, g_base, cols, col_ok, k0, K,
                        stride_wn, stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_N, GROUP_K, HAS_ZERO,
-                       HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N)
+                       HAS_G_IDX, A_QUANT, A_GROUP, DOT_PRECISION, FP8_PROMOTE, BLOCK_K, BLOCK_N, W_SCALAR)
             a_ptrs += BLOCK_K
     y = acc.to(tl.float32) * _act_factor(as_ptr, arows, all_rows, stride_asm, A_QUANT, A_GROUP)
     y = y * row_weight_factor(s_base, wgs_ptr + expert, cols, col_ok, stride_sn, WFMT, SFMT, GROUP_N, GROUP_K,
@@ -378,7 +442,8 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
              PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu"),
-             HW_ROUND=x_codes.device.type != "cpu"),
+             HW_ROUND=x_codes.device.type != "cpu",
+             W_SCALAR=_one_weight_block(spec, g.block_n, inter, gate_up_layout is GateUpLayout.INTERLEAVED)),
         g.num_warps, g.num_stages)
     return out
 
@@ -413,9 +478,22 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
-             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu")),
+             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu"),
+             W_SCALAR=_one_weight_block(spec, g.block_n)),
         g.num_warps, g.num_stages)
     return out_rows
+
+
+def _one_weight_block(spec: QuantSpec, block_n: int, inter: int = 0, interleaved: bool = False) -> bool:
+    """Whether every output tile's weight rows lie in one block of block-scaled weights (GROUP_N rows;
+    tiles start at multiples of block_n): then a K step loads one scale per matrix, not one per
+    column. gemm1's up rows start at ``inter`` (concatenated), or gate and up rows alternate (2c,
+    2c + 1: interleaved). Block sizes and tiles are powers of two."""
+    if spec.weight_only or spec.group_k == 0 or spec.group_n <= 1:
+        return False
+    if interleaved:  # rows 2c and 2c + 1 of the tile's columns c: 2 * block_n rows from a multiple of that
+        return 2 * block_n <= spec.group_n
+    return block_n <= spec.group_n and inter % spec.group_n == 0
 
 
 def _check_gemv(spec: QuantSpec, w13: QuantizedMatrix, hidden: int, inter: int, block_m: int) -> None:
