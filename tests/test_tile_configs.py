@@ -29,9 +29,9 @@ QUANT_TABLES = sorted(p.name for p in tc.CONFIG_DIR.glob("*.json") if json.loads
 
 
 def test_quant_tables_shipped():
-    # At the four benchmark shapes (256 and 4096 tokens): fp8 per channel / per tensor, w4a16-g128
-    # (w4a16-g64 at gpt-oss: 2880 is no multiple of 128), w8a16 per channel, mxfp4 and nvfp4
-    schemes = {"fp8-per-channel", "fp8-per-tensor", "w4a16-g128", "w8a16-ch", "mxfp4", "nvfp4"}
+    # At the four benchmark shapes (256 and 4096 tokens): fp8 per channel / per tensor / block128,
+    # w4a16-g128 (w4a16-g64 at gpt-oss: 2880 is no multiple of 128), w8a16 per channel, mxfp4, nvfp4
+    schemes = {"fp8-per-channel", "fp8-per-tensor", "fp8-block128", "w4a16-g128", "w8a16-ch", "mxfp4", "nvfp4"}
     expected = set()
     for e, k, h, i in SHIPPED_SHAPES[:4]:  # the bench shapes: Mixtral, Qwen3-30B, DeepSeek-V3, gpt-oss-120b
         for scheme in schemes:

@@ -348,14 +348,16 @@ def test_layer_with_triton_backend_matches_reference_layer(scheme):
 
 # -- activation quantization ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cols", [200, 1280])  # 1280: rows in five chunks (activation_quant.column_chunks)
 @pytest.mark.parametrize("one_program", [True, False])
 @pytest.mark.parametrize("scheme", W8A8)
-def test_activation_quant_matches_quantize_activations(scheme, one_program, monkeypatch):
+def test_activation_quant_matches_quantize_activations(scheme, one_program, cols, monkeypatch):
     if not one_program:  # the atomic maximum (per tensor) over one-row programs; 4-row quantizing
         monkeypatch.setattr(activation_quant, "AMAX_TILE_ELEMENTS", 1)  # programs, the last one partial
         monkeypatch.setattr(activation_quant, "INTERPRETER_TILE_ELEMENTS", 4 * 256)
+    assert activation_quant.column_chunks(cols, 0)[1] == (1 if cols == 200 else 5)
     spec = METHODS[scheme].spec
-    x = torch.randn(37, 200) * torch.logspace(-3, 1, 200)  # partial last 128-group; fp8 subnormals
+    x = torch.randn(37, cols) * torch.logspace(-3, 1, cols)  # 200: a partial last 128-group; fp8 subnormals
     x[3, 199], x[3, 7], x[3, 8] = 127.0, 2.5, -3.5  # int8 per row: scale 1, two exact ties (-> 2, -4)
     static = torch.tensor(0.004) if spec.act_static else None  # saturates the largest values
     q = quantize_rows(x, spec, static)

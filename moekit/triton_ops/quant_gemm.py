@@ -146,7 +146,7 @@ def _gemm1_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, OUT_QUANT: tl.constexpr, OUT_AMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, HW_ROUND: tl.constexpr, W_SCALAR: tl.constexpr,
+    SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, ON_GPU: tl.constexpr, W_SCALAR: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -224,7 +224,7 @@ def _gemm1_quant(
         h = tl.where(col_ok[None, :], h, 0.0)
         scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(h), 1), QMAX), 1e-12)
         tl.store(out_scale_ptr + rows.to(tl.int64) * stride_osm + pid_n, scale)
-        codes = quantize_values(h, scale[:, None], OUT_QUANT == 1, HW_ROUND)
+        codes = quantize_values(h, scale[:, None], OUT_QUANT == 1, ON_GPU)
         if OUT_QUANT == 1 and out_ptr.dtype.element_ty == tl.uint8:  # the interpreter's fp8 (see _bytes)
             codes = codes.to(tl.uint8, bitcast=True)
         tl.store(out_ptrs, codes, mask=col_ok[None, :])
@@ -442,7 +442,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
              PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu"),
-             HW_ROUND=x_codes.device.type != "cpu",
+             ON_GPU=x_codes.device.type != "cpu",
              W_SCALAR=_one_weight_block(spec, g.block_n, inter, gate_up_layout is GateUpLayout.INTERLEAVED)),
         g.num_warps, g.num_stages)
     return out
