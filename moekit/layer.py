@@ -19,9 +19,13 @@ from moekit.kernel.build import build_kernel
 from moekit.parallel import ExpertParallel
 from moekit.problem import MoEProblem, ParallelLayout
 from moekit.quant import QuantizedMatrix, method_for, parse_quant
+from moekit.quant.code_order import to_plain_order
 from moekit.quant.scale_layout import word_padded
 from moekit.routing import RoutingConfig, route_with_config
 from moekit.shared_experts import SharedExperts
+
+
+_MATRIX_TENSORS = ("data", "scale", "zero", "g_idx", "global_scale")  # QuantizedMatrix's tensors
 
 
 class MoE(nn.Module):
@@ -92,6 +96,7 @@ class MoE(nn.Module):
         correction = torch.zeros(num_experts, dtype=torch.float32, device=factory["device"])
         self.register_buffer("correction_bias", correction if self.routing.correction_bias else None)
         gemm1_rows = 2 * intermediate_size if self.activation.gated else intermediate_size
+        self._mma_order = {"w13": False, "w2": False}  # codes in the Triton backend's order (quant/code_order.py)
         if self.quant_method is None:
             self.w13 = nn.Parameter(torch.empty(e_local, gemm1_rows, hidden_size, **factory))
             self.w2 = nn.Parameter(torch.empty(e_local, hidden_size, intermediate_size, **factory))
@@ -183,18 +188,19 @@ class MoE(nn.Module):
         """Quantize ``expert_weight(e)`` ([1, N, K] float) one expert at a time, so memory stays
         bounded at real shapes, and stack the results."""
         parts = [self.quant_method.quantize(expert_weight(e)) for e in range(self.num_local_experts)]
-        return QuantizedMatrix(*(None if getattr(parts[0], f.name) is None else
-                                 torch.cat([getattr(p, f.name) for p in parts])
-                                 for f in dataclasses.fields(QuantizedMatrix)))
+        return QuantizedMatrix(*(None if getattr(parts[0], name) is None else
+                                 torch.cat([getattr(p, name) for p in parts]) for name in _MATRIX_TENSORS))
 
     def _set_quantized(self, name: str, m: QuantizedMatrix) -> None:
         for suffix, t in (("", m.data), ("_scale", m.scale), ("_zero", m.zero), ("_g_idx", m.g_idx),
                           ("_global_scale", m.global_scale)):
             setattr(self, name + suffix, t)
+        self._mma_order[name] = m.mma_order
 
     def _quantized(self, name: str) -> QuantizedMatrix:
         get = lambda suffix: getattr(self, name + suffix)  # noqa: E731
-        return QuantizedMatrix(get(""), get("_scale"), get("_zero"), get("_g_idx"), get("_global_scale"))
+        return QuantizedMatrix(get(""), get("_scale"), get("_zero"), get("_g_idx"), get("_global_scale"),
+                               mma_order=self._mma_order[name])
 
     def _local_slice(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's experts of a tensor indexed by all experts (dim 0); the tensor itself without
@@ -253,6 +259,9 @@ class MoE(nn.Module):
             t = destination.get(prefix + name)
             if t is not None and not t.is_contiguous():
                 destination[prefix + name] = t.contiguous()
+        for name, mma in self._mma_order.items():  # codes in plain order, whatever the backend keeps
+            if mma and prefix + name in destination:
+                destination[prefix + name] = to_plain_order(destination[prefix + name])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """An expert-parallel layer takes a state dict of all E experts (a single-device layer's, or a
@@ -266,6 +275,9 @@ class MoE(nn.Module):
             if sliced:
                 state_dict = {**state_dict, **sliced}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        for name in self._mma_order:  # a state dict's codes are in plain order
+            if prefix + name in state_dict:
+                self._mma_order[name] = False
 
     def problem(self) -> MoEProblem:
         return MoEProblem(
@@ -310,6 +322,8 @@ class MoE(nn.Module):
                                                                        self.w13.device)
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
                                               prepare_finalize)
+        if self.quant_method is not None:  # the backend's conversion may have reordered the codes in place
+            self._mma_order = {"w13": self.kernel.weights.w13.mma_order, "w2": self.kernel.weights.w2.mma_order}
         if self._decode_graphs is not None:  # they read the old kernel's tensors
             self._decode_graphs.reset()
         self._explanation = Explanation(problem, selection, self.kernel.describe(), parallel_choice,

@@ -13,6 +13,7 @@ import torch
 import moekit
 from moekit.activations import GateUpLayout, parse_activation
 from moekit.experts import ExpertWeights, ReferenceExperts, TritonExperts
+from moekit.oracle.quantized import convert_weights
 from moekit.quant import METHODS, QuantizedMatrix
 from moekit.quant.scale_layout import word_padded
 from moekit.tolerance import relative_error
@@ -43,14 +44,16 @@ def make_weights(name: str, scheme: str) -> ExpertWeights:
     except ValueError as err:
         pytest.skip(str(err))
     static = method.spec.act_static
-    return ExpertWeights(
+    # in the Triton backend's format, as a layer keeps them (4-bit codes in MMA order: quant/code_order.py);
+    # the reference reads that format too
+    return convert_weights(TritonExperts, ExpertWeights(
         quantize_by_expert(method, E, 2 * I, H), quantize_by_expert(method, E, H, I),
         (0.1 * torch.randn(E, 2 * I, device="cuda")).bfloat16() if bias else None,
         (0.1 * torch.randn(E, H, device="cuda")).bfloat16() if bias else None,
         quant=method.spec,
         a13_scale=torch.tensor(6.0 / 448, device="cuda") if static else None,  # checkpoint-like static scales
         a2_scale=torch.tensor(2.0 / 448, device="cuda") if static else None,
-    )
+    ))
 
 
 @pytest.fixture(autouse=True)

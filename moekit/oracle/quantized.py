@@ -2,20 +2,40 @@
 it does not list in ``quant_schemes``, so ``explain`` says why), and the conversion of moekit's
 quantized layout (quant/spec.py) into each backend's format.
 
-Both backends read moekit's layout as it is: the Triton kernels dequantize packed codes per tile
-and the reference dequantizes one expert at a time. mxfp4 needs no hidden/intermediate round-up
-(the kernels mask the K tail), so no scheme pads here."""
+The reference reads moekit's plain layout. The Triton backend reads it too, except that packed
+4-bit codes whose runs fit (quant/code_order.py: w4a16, mxfp4) are kept in its MMA order: the
+conversion reorders them *in place* (the layer's own tensors: no second copy of the weights) and
+marks the matrices; converting for the reference puts them back. mxfp4 needs no
+hidden/intermediate round-up (the kernels mask the K tail), so no scheme pads here."""
 
 from __future__ import annotations
+
+import dataclasses
+
+import torch
 
 from moekit.experts.base import ExpertsBackend, ExpertWeights
 from moekit.experts.reference import ReferenceExperts
 from moekit.experts.triton_fused import TritonExperts
+from moekit.quant.code_order import mma_order_fits, to_mma_order, to_plain_order
+from moekit.quant.spec import QuantizedMatrix
 
 PRIORITY: tuple[type[ExpertsBackend], ...] = (TritonExperts, ReferenceExperts)
 
 
 def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights) -> ExpertWeights:
-    if backend in PRIORITY:
-        return weights
-    raise ValueError(f"no weight conversion from moekit's quantized layout to backend {backend.name!r}")
+    if backend not in PRIORITY:
+        raise ValueError(f"no weight conversion from moekit's quantized layout to backend {backend.name!r}")
+    # both matrices or neither: the decode GEMV writes gemm2's input in w13's order
+    mma = backend is TritonExperts and mma_order_fits(weights.quant, weights.w13) and \
+        mma_order_fits(weights.quant, weights.w2)
+    return dataclasses.replace(weights, w13=_in_order(weights.w13, mma), w2=_in_order(weights.w2, mma))
+
+
+@torch.no_grad()
+def _in_order(m: QuantizedMatrix, want: bool) -> QuantizedMatrix:
+    """``m`` with its codes in MMA order (``want``) or plain, reordered in place."""
+    if want == m.mma_order or m.data.is_meta:
+        return m
+    m.data.copy_(to_mma_order(m.data) if want else to_plain_order(m.data))
+    return dataclasses.replace(m, mma_order=want)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from moekit.quant import formats
+from moekit.quant.code_order import to_plain_order
 from moekit.quant.method import expand_blocks
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
@@ -30,7 +31,8 @@ def scale_values(scale: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def dequantize(m: QuantizedMatrix, spec: QuantSpec, expert: int | None = None) -> torch.Tensor:
     """The matrix as float32 [E, N, K], or one expert's [N, K] when ``expert`` is given."""
     pick = (lambda t: t) if expert is None else (lambda t: t[expert : expert + 1])
-    values = code_values(pick(m.data), spec.weight)  # [e, N, K]
+    data = to_plain_order(pick(m.data)) if m.mma_order else pick(m.data)
+    values = code_values(data, spec.weight)  # [e, N, K]
     n, k = values.shape[-2:]
     if m.zero is not None:
         values = values - _expand(pick(m.zero).float(), spec, n, k, m.g_idx, pick)

@@ -15,6 +15,8 @@ columns; w13 is [E, 2I, H], w2 is [E, H, I]):
 - ``g_idx``: optional [E, K] int32, the scale group of each input column (GPTQ act-order); absent
   means column k is in group k // gk.
 - ``global_scale``: optional [E] fp32 multiplier of every scale (nvfp4).
+- ``mma_order``: 4-bit codes stored in the Triton backend's order within 16-byte runs of a row
+  (quant/code_order.py); False (plain order) everywhere else.
 
 Dequantized value: (code_value - zero) * scale[block] * global_scale.
 """
@@ -99,11 +101,12 @@ class QuantizedMatrix:
     zero: torch.Tensor | None = None
     g_idx: torch.Tensor | None = None
     global_scale: torch.Tensor | None = None
+    mma_order: bool = False
 
     def map(self, fn) -> QuantizedMatrix:
         """The same matrix with ``fn`` applied to every tensor present (e.g. ``.to(device)``)."""
         return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
-                                if getattr(self, f.name) is not None})
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.zero, self.g_idx,

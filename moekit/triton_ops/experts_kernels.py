@@ -252,7 +252,7 @@ def fused_experts(
     else:
         aligned = align_pairs_by_expert(topk_ids, num_experts, tiles.block_m)
     activated = launch_gemm1(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, tiles.gemm1,
-                             quant=quant, a_scale=a13_scale)
+                             quant=quant, a_scale=a13_scale, w2_mma_order=quant is not None and w2.mma_order)
     parts = tiles.gemm2.split_k
     if parts > 1:  # the decode GEMV's split K (weight_only_gemv.py): fp32 parts, summed with the slots
         pair_rows = torch.empty(num_tokens * top_k * parts, hidden, dtype=torch.float32, device=x.device)
@@ -278,13 +278,14 @@ def _swap_runs(quant: QuantSpec | None, w13, w2, block_m: int) -> bool:
 
 def launch_gemm1(x, w13, w13_bias, aligned: AlignedPairs, top_k: int, activation: Activation,
                  gate_up_layout: GateUpLayout, g: GemmTiles, activated: torch.Tensor | None = None, *,
-                 quant: QuantSpec | None = None, a_scale: torch.Tensor | None = None):
+                 quant: QuantSpec | None = None, a_scale: torch.Tensor | None = None, w2_mma_order: bool = False):
     """x @ w13 per aligned row block, bias and activation fused: the activated rows [rows, I].
     With ``quant``, w13 is a QuantizedMatrix and quant_gemm.launch_gemm1_quant runs instead."""
     if quant is not None:
         from moekit.triton_ops.quant_gemm import launch_gemm1_quant
 
-        return launch_gemm1_quant(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, g, quant, a_scale)
+        return launch_gemm1_quant(x, w13, w13_bias, aligned, top_k, activation, gate_up_layout, g, quant, a_scale,
+                                  w2_mma_order)
     rows, block_m = aligned.rows, aligned.block_m
     hidden, inter = x.shape[1], w13.shape[1] // 2 if activation.gated else w13.shape[1]
     if activated is None:

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from moekit.activations import Activation, GateUpLayout
+from moekit.quant.code_order import RUN_CODES
 from moekit.quant.scale_layout import kernel_scales, words_fit
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
@@ -147,6 +148,7 @@ def _gemm1_quant(
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, ON_GPU: tl.constexpr, W_SCALAR: tl.constexpr,
+    MMA_ORDER: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -165,7 +167,8 @@ def _gemm1_quant(
         acc_g, acc_u = weight_only_swapped_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base,
                                                     gate_rows, up_rows, col_ok, stride_wn, stride_wk, stride_sn,
                                                     stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
-                                                    PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+                                                    PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                                                    MMA_ORDER)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
                                             up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
@@ -248,7 +251,7 @@ def _gemm2_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
-    W_SCALAR: tl.constexpr,
+    W_SCALAR: tl.constexpr, MMA_ORDER: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -267,7 +270,7 @@ def _gemm2_quant(
         acc, _unused = weight_only_swapped_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base,
                                                     cols, cols, col_ok, stride_wn, stride_wk, stride_sn, stride_sk,
                                                     False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED,
-                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
                                             col_ok, stride_wn, stride_wk, stride_sn, stride_sk, False, WFMT, SFMT,
@@ -351,7 +354,16 @@ def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, compiled: bo
 def _weight_constexprs(spec: QuantSpec, m: QuantizedMatrix) -> dict:
     return dict(WFMT=WFMT[spec.weight], SFMT=SFMT[spec.scale_format], GROUP_N=spec.group_n, GROUP_K=spec.group_k,
                 HAS_ZERO=m.zero is not None, HAS_G_IDX=m.g_idx is not None and spec.group_k > 0,
-                HAS_GLOBAL=m.global_scale is not None)
+                HAS_GLOBAL=m.global_scale is not None, MMA_ORDER=m.mma_order)
+
+
+def _check_code_order(name: str, m: QuantizedMatrix, swap_ab: bool, block_k: int) -> None:
+    """Codes in MMA order (quant/code_order.py) are read by the swapped loop (whole 16-byte runs per
+    K step) and the decode GEMV only."""
+    if m.mma_order and (not swap_ab or block_k % RUN_CODES):
+        raise ValueError(f"{name}'s codes are in MMA order (quant/code_order.py), which only the swapped "
+                         f"tensor-core loop with K steps of whole {RUN_CODES}-code runs and the decode GEMV read; "
+                         f"got swap_ab={swap_ab}, a K step of {block_k}")
 
 
 def _act_group(spec: QuantSpec) -> int:
@@ -388,17 +400,18 @@ def fuses_output_quant(spec: QuantSpec, inter: int, block_n: int) -> bool:
 
 def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs, top_k: int,
                        activation: Activation, gate_up_layout: GateUpLayout, g: GemmTiles, spec: QuantSpec,
-                       a_scale: torch.Tensor | None = None):
+                       a_scale: torch.Tensor | None = None, w2_mma_order: bool = False):
     """gemm1 on quantized w13 (logical [E, 2I, H]). ``x`` is [T, H] in the layer dtype (quantized
     here for w8a8, with the static ``a_scale`` where the scheme has one) or already a
     ``QuantizedRows``. Returns the activated rows [rows, I] for gemm2: in the layer dtype
     (weight-only), in fp32 (w8a8 per row or with a static scale), in fp32 with their absolute
     maximum over the real rows (``ActivatedRows``: w8a8 with a dynamic per-tensor scale), or already
-    quantized (``QuantizedRows``: w8a8 whose gemm1 tile is one scale group)."""
+    quantized (``QuantizedRows``: w8a8 whose gemm1 tile is one scale group). ``w2_mma_order``: w2's
+    code order, in which the decode GEMV writes gemm2's operand."""
     if aligned.block_m <= GEMV_MAX_BLOCK_M:
         _check_gemv(spec, w13, x.shape[1], w13.data.shape[1] // (2 if activation.gated else 1), aligned.block_m)
         return launch_gemv_gemm1(x, w13, w13_bias, aligned, top_k, activation,
-                                 gate_up_layout is GateUpLayout.INTERLEAVED, g, spec)
+                                 gate_up_layout is GateUpLayout.INTERLEAVED, g, spec, w2_mma_order)
     w8a8 = not spec.weight_only
     # w8a8: gemm2's input is quantized from fp32, as the reference does (rounding it to bf16 first
     # moves ~1.5% of the fp8 codes by a step: ~1.6e-2 relative error, measured by the bench).
@@ -412,6 +425,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     hidden = x_codes.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
     block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None, g.swap_ab)
+    _check_code_order("w13", w13, g.swap_ab, block_k)
     out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
     out_amax = w8a8 and spec.act_group == ACT_PER_TENSOR and not spec.act_static
     device = x_codes.device
@@ -465,6 +479,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
     hidden = w2.data.shape[1]
     inter = a.shape[1]
     block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None, g.swap_ab)
+    _check_code_order("w2", w2, g.swap_ab, block_k)
     bias = w2_bias if w2_bias is not None else out_rows
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w2)
     LAST_COMPILED["gemm2"] = launch(

@@ -140,6 +140,9 @@ def default_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsT
     is a compute-bound grouped GEMM). ``gemv=False``: never the decode GEMV's row blocks."""
     rows_per_expert = num_tokens * key.top_k / key.num_experts
     if key.dtype == torch.float32:  # the interpreter, or fp32 on a GPU: modest tiles
+        if key.quant != "none" and gemv and _weight_only(key.quant):  # (codes in MMA order: quant/code_order.py)
+            swapped = GemmTiles(64, 64, 1, swap_ab=True)
+            return ExpertsTiles(16, swapped, swapped)
         return ExpertsTiles(16, GemmTiles(32, 32), GemmTiles(32, 32))
     if key.quant != "none":
         return _default_quant_tiles(key, num_tokens, gemv)
@@ -150,6 +153,12 @@ def default_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsT
     if rows_per_expert <= 160:
         return ExpertsTiles(64, GemmTiles(64, 64, 8, 4, 4), GemmTiles(128, 64, 8, 4, 4))
     return ExpertsTiles(128, GemmTiles(64, 64, 8, 8, 4), GemmTiles(128, 64, 8, 8, 4))
+
+
+def _weight_only(scheme: str) -> bool:
+    from moekit.quant.registry import method_for
+
+    return method_for(scheme).spec.weight_only
 
 
 def _default_quant_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsTiles:

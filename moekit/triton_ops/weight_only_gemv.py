@@ -97,17 +97,27 @@ class GemvOperand:
 
     values: torch.Tensor
     k: int  # the logical columns
+    mma_order: bool = False  # laid out for codes in MMA order (quant/code_order.py)
 
 
 @triton.jit
-def _operand_position(cols, EPW: tl.constexpr, WPS: tl.constexpr):
+def _operand_position(cols, EPW: tl.constexpr, WPS: tl.constexpr, MMA_ORDER: tl.constexpr = False):
     """Where logical column ``cols`` goes in the operand, and its code position j in its word: in
-    blocks of PERM_SLOTS slots, code position first, then slot, then word (see the module docstring)."""
+    blocks of PERM_SLOTS slots, code position first, then slot, then word (see the module docstring).
+    MMA_ORDER: the codes are stored in quant/code_order.py's runs (a slot of 4 words is one run):
+    the column's code sits at another word and position of its slot, and its activation goes there."""
     SLOT: tl.constexpr = EPW * WPS
     BLOCK: tl.constexpr = PERM_SLOTS * SLOT
-    j = cols % EPW
     in_block = cols % BLOCK
-    return (cols // BLOCK) * BLOCK + j * (PERM_SLOTS * WPS) + (in_block // SLOT) * WPS + (in_block % SLOT) // EPW, j
+    if MMA_ORDER:  # plain byte b = 8c + 4h + q of the run is stored at byte 4q + 2c + h
+        b = (in_block % SLOT) // 2
+        stored = (b % 4) * 4 + (b // 8) * 2 + (b // 4) % 2
+        word = stored // 4
+        j = (stored % 4) * 2 + cols % 2
+    else:
+        word = (in_block % SLOT) // EPW
+        j = cols % EPW
+    return (cols // BLOCK) * BLOCK + j * (PERM_SLOTS * WPS) + (in_block // SLOT) * WPS + word, j
 
 
 @triton.jit
@@ -132,12 +142,12 @@ def _position_factor(j, WFMT: tl.constexpr):
 
 @triton.jit
 def _prepare_operand(x_ptr, out_ptr, K, stride_xm, stride_om, WFMT: tl.constexpr, EPW: tl.constexpr,
-                     WPS: tl.constexpr, BLOCK: tl.constexpr):
+                     WPS: tl.constexpr, BLOCK: tl.constexpr, MMA_ORDER: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < K
     x = tl.load(x_ptr + row * stride_xm + cols, mask=ok, other=0.0).to(tl.float32)
-    pos, j = _operand_position(cols, EPW, WPS)
+    pos, j = _operand_position(cols, EPW, WPS, MMA_ORDER)
     tl.store(out_ptr + row * stride_om + pos, x * _position_factor(j, WFMT), mask=ok)
 
 
@@ -147,16 +157,16 @@ def operand_columns(spec: QuantSpec, k: int) -> int:
     return cdiv(k, block) * block
 
 
-def prepare_operand(x: torch.Tensor, spec: QuantSpec) -> GemvOperand:
-    """gemm1's input [T, K] (any float dtype) in the operand form."""
+def prepare_operand(x: torch.Tensor, spec: QuantSpec, mma_order: bool = False) -> GemvOperand:
+    """gemm1's input [T, K] (any float dtype) in the operand form (for codes in MMA order: mma_order)."""
     rows, k = x.shape
     out = torch.empty(rows, operand_columns(spec, k), dtype=torch.float32, device=x.device)
     block = min(1024, next_pow2(k))
     if rows:
         launch(_prepare_operand, (rows, cdiv(k, block)), (x, out, k, x.stride(0), out.stride(0)),
-               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec), BLOCK=block),
-               4, 1)
-    return GemvOperand(out, k)
+               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec), BLOCK=block,
+                    MMA_ORDER=mma_order), 4, 1)
+    return GemvOperand(out, k, mma_order)
 
 
 @triton.jit
@@ -415,8 +425,8 @@ def _token(sorted_ptr, pid_m, M: tl.constexpr, BLOCK_M: tl.constexpr, num_pairs,
 
 @triton.jit
 def _store_operand(out_ptr, row, h, cols, col_ok, stride_om, OUT_WFMT: tl.constexpr, OUT_EPW: tl.constexpr,
-                   OUT_WPS: tl.constexpr):
-    pos, j = _operand_position(cols, OUT_EPW, OUT_WPS)
+                   OUT_WPS: tl.constexpr, OUT_MMA_ORDER: tl.constexpr):
+    pos, j = _operand_position(cols, OUT_EPW, OUT_WPS, OUT_MMA_ORDER)
     tl.store(out_ptr + row * stride_om + pos, h * _position_factor(j, OUT_WFMT), mask=col_ok)
 
 
@@ -443,6 +453,7 @@ def _gemv_gemm1(
     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, WPS: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr,
+    MMA_ORDER: tl.constexpr,
 ):
     """gate/up GEMV of one block of rows (tokens' operand rows) and BLOCK_N output columns, the
     activation, and gemm2's operand written for the block's aligned rows. With SPLIT > 1 each
@@ -475,7 +486,7 @@ def _gemv_gemm1(
     else:
         _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols,
                         col_ok, gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha,
-                        limit, ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+                        limit, ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS, MMA_ORDER)
 
 
 @triton.jit
@@ -502,7 +513,8 @@ def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_exper
                        alpha, limit,
                        ACT: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr,
                        SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr):
+                       BLOCK_N: tl.constexpr, WPS: tl.constexpr, SPLIT: tl.constexpr, IN_PLACE: tl.constexpr,
+                       MMA_ORDER: tl.constexpr):
     """gemm1's epilogue after a split K: the parts summed, then as unsplit."""
     pid_m = tl.program_id(0) // NUM_BLOCKS_N
     pid_n = tl.program_id(0) % NUM_BLOCKS_N
@@ -524,16 +536,17 @@ def _gemv_gemm1_finish(part_ptr, ws_ptr, wgs_ptr, bias_ptr, out_ptr, block_exper
         g3, u3 = _summed_parts(part_ptr, ROWS, row0 + 3, I, cols, col_ok, SPLIT)
     _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols, col_ok,
                     gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
-                    ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS)
+                    ACT, HAS_BIAS, WFMT, SFMT, GROUP_K, HAS_GLOBAL, BLOCK_M, WPS, MMA_ORDER)
 
 
 @triton.jit
 def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1, u1, g2, u2, g3, u3, cols, col_ok,
                     gate_rows, up_rows, stride_se, stride_sn, stride_be, stride_bn, stride_om, alpha, limit,
                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr,
-                    GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, WPS: tl.constexpr):
+                    GROUP_K: tl.constexpr, HAS_GLOBAL: tl.constexpr, BLOCK_M: tl.constexpr, WPS: tl.constexpr,
+                    MMA_ORDER: tl.constexpr):
     """Per-row factors, biases and the activation of the block's rows (row0 on), written as gemm2's
-    operand."""
+    operand (for codes in MMA order: MMA_ORDER, w2's order, the same as w13's)."""
     s_base = ws_ptr + expert * stride_se
     gf = _row_factor(s_base, wgs_ptr + expert, gate_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
     uf = _row_factor(s_base, wgs_ptr + expert, up_rows, col_ok, stride_sn, SFMT, GROUP_K, HAS_GLOBAL)
@@ -546,15 +559,15 @@ def _gemm1_epilogue(out_ptr, ws_ptr, wgs_ptr, bias_ptr, expert, row0, g0, u0, g1
         ub = gb
     EPW: tl.constexpr = 8 if WFMT >= 2 else 4
     _store_operand(out_ptr, row0, _activate(g0 * gf + gb, u0 * uf + ub, alpha, limit, ACT), cols, col_ok, stride_om,
-                   WFMT, EPW, WPS)
+                   WFMT, EPW, WPS, MMA_ORDER)
     if BLOCK_M >= 2:
         _store_operand(out_ptr, row0 + 1, _activate(g1 * gf + gb, u1 * uf + ub, alpha, limit, ACT), cols, col_ok,
-                       stride_om, WFMT, EPW, WPS)
+                       stride_om, WFMT, EPW, WPS, MMA_ORDER)
     if BLOCK_M == 4:
         _store_operand(out_ptr, row0 + 2, _activate(g2 * gf + gb, u2 * uf + ub, alpha, limit, ACT), cols, col_ok,
-                       stride_om, WFMT, EPW, WPS)
+                       stride_om, WFMT, EPW, WPS, MMA_ORDER)
         _store_operand(out_ptr, row0 + 3, _activate(g3 * gf + gb, u3 * uf + ub, alpha, limit, ACT), cols, col_ok,
-                       stride_om, WFMT, EPW, WPS)
+                       stride_om, WFMT, EPW, WPS, MMA_ORDER)
 
 
 @triton.jit
@@ -634,10 +647,13 @@ def _constexprs(spec: QuantSpec, m: QuantizedMatrix, block_m: int, block_n: int,
 
 
 def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, activation, interleaved: bool,
-                      g, spec: QuantSpec) -> GemvOperand:
+                      g, spec: QuantSpec, w2_mma_order: bool = False) -> GemvOperand:
     """gemm1 for decode-sized blocks (block_m 1 or 2): x [T, H] -> gemm2's operand [rows, I]. ``g``:
     the GemmTiles (block_n rows of w13 per program, block_k codes per step, split_k parts of K)."""
-    op = prepare_operand(x, spec)
+    if w13.mma_order != w2_mma_order:
+        raise ValueError("the decode GEMV writes gemm2's operand in w13's code order: w13 and w2 must share it "
+                         "(quant/code_order.py)")
+    op = prepare_operand(x, spec, w13.mma_order)
     rows, block_m = aligned.rows, aligned.block_m
     hidden = x.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
@@ -654,15 +670,17 @@ def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, ac
            (op.values, words, scale, zero, gscale, bias, part, aligned.sorted_pairs, aligned.block_expert,
             aligned.num_rows, x.shape[0] * top_k, top_k, w13.data.shape[0], hidden, inter, blocks_n,
             op.values.stride(0), words.stride(0), words.stride(1), *strides, activation.alpha, activation.limit),
-           dict(**epilogue, GATED=activation.gated, **ce, SPLIT=split, IN_PLACE=aligned.in_place), g.num_warps, 1)
+           dict(**epilogue, GATED=activation.gated, **ce, SPLIT=split, IN_PLACE=aligned.in_place,
+                MMA_ORDER=w13.mma_order), g.num_warps, 1)
     if split > 1:
         launch(_gemv_gemm1_finish, (rows // block_m * blocks_n,),
                (part, scale, gscale, bias, out, aligned.block_expert, aligned.num_rows, w13.data.shape[0], inter, rows,
                 blocks_n,
                 strides[0], strides[1], *strides[3:], activation.alpha, activation.limit),
                dict(**epilogue, WFMT=ce["WFMT"], SFMT=ce["SFMT"], GROUP_K=ce["GROUP_K"], HAS_GLOBAL=ce["HAS_GLOBAL"],
-                    BLOCK_M=block_m, BLOCK_N=g.block_n, WPS=ce["WPS"], SPLIT=split, IN_PLACE=aligned.in_place), 4, 1)
-    return GemvOperand(out, inter)
+                    BLOCK_M=block_m, BLOCK_N=g.block_n, WPS=ce["WPS"], SPLIT=split, IN_PLACE=aligned.in_place,
+                    MMA_ORDER=w13.mma_order), 4, 1)
+    return GemvOperand(out, inter, w13.mma_order)
 
 
 def launch_gemv_gemm2(op: GemvOperand, w2: QuantizedMatrix, w2_bias, topk_weights, aligned, out_rows, g,
@@ -670,6 +688,8 @@ def launch_gemv_gemm2(op: GemvOperand, w2: QuantizedMatrix, w2_bias, topk_weight
     """gemm2 for decode-sized blocks: gemm1's operand @ w2 -> out_rows[pair] (routing weight applied);
     with g.split_k > 1, out_rows (fp32) has split_k rows per pair, one per part of K
     (experts_kernels.fused_experts sums them with the top-k slots)."""
+    if op.mma_order != w2.mma_order:
+        raise ValueError("gemm2's operand was laid out for another code order than w2's (quant/code_order.py)")
     rows, block_m = aligned.rows, aligned.block_m
     hidden = w2.data.shape[1]
     words, scale, zero, gscale = _matrix_args(w2)

@@ -39,14 +39,23 @@ from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, cod
 
 
 @triton.jit
-def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EVEN_K: tl.constexpr):
-    """The stored [BLOCK_N, HALF] codes (bytes for packed formats) from stored column ``first``;
-    ``ptrs`` point at column 0 of the tile's rows."""
+def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EVEN_K: tl.constexpr,
+                 MMA_ORDER: tl.constexpr = False):
+    """The stored [BLOCK_N, HALF] codes (bytes for packed formats) from stored column ``first``, in
+    plain order; ``ptrs`` point at column 0 of the tile's rows. MMA_ORDER: packed codes stored in
+    quant/code_order.py's runs of 16 bytes (stored byte 4q + 2c + h = plain byte 8c + 4h + q), put
+    back in plain order by a reshape and a permute that cost no instruction (a thread's four bytes
+    of a run come in by one wide load instead of four byte loads)."""
     if EVEN_K:
-        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None], other=0)
+        stored = tl.load(ptrs + first * stride_k, mask=row_ok[:, None], other=0)
     else:
         kk = first + tl.arange(0, HALF)
-        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None] & (kk < stored_k)[None, :], other=0)
+        stored = tl.load(ptrs + first * stride_k, mask=row_ok[:, None] & (kk < stored_k)[None, :], other=0)
+    if MMA_ORDER:
+        rows: tl.constexpr = stored.shape[0]
+        runs = tl.reshape(stored, (rows, HALF // 16, 4, 2, 2))  # [rows, run, q, c, h]
+        stored = tl.reshape(tl.permute(runs, (0, 1, 3, 4, 2)), (rows, HALF))  # [rows, run, c, h, q]
+    return stored
 
 
 @triton.jit
@@ -78,7 +87,7 @@ def _side_by_side(left, right):
 def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, MMA_ORDER: tl.constexpr):
     """The [BLOCK_N, BLOCK_K] dequantized weight rows of the K step at k0, in DOT_DTYPE: within one
     scale group (quant_gemm.quant_block_k), or with SCALE_WORDS four groups scaled by the bytes of
     the rows' scale words ``s_word``. PAIRED: bytes of 4-bit codes, or two int8 codes, become their
@@ -90,7 +99,7 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
         s, _s1, z, _z1 = step_scales(s_base, z_base, rows, row_ok, k0, K, stride_sn, stride_sk, GROUP_K, HAS_ZERO,
                                      BLOCK_K)
     if WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
-        stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
+        stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K, MMA_ORDER)
         if PAIRED != PAIRED_OFF and WFMT == 2:
             lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
         elif PAIRED != PAIRED_OFF:
@@ -112,14 +121,14 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
 def _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                 WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                 PAIRED: tl.constexpr, FIRST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                DOT_DTYPE: tl.constexpr):
+                DOT_DTYPE: tl.constexpr, MMA_ORDER: tl.constexpr):
     """Groups FIRST and FIRST + 1 of the step at k0 side by side, each scaled by its byte of the word."""
     left = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + FIRST * BLOCK_K, K, stride_wk,
                            stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, FIRST, BLOCK_N,
-                           BLOCK_K, True, DOT_DTYPE)
+                           BLOCK_K, True, DOT_DTYPE, MMA_ORDER)
     right = _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0 + (FIRST + 1) * BLOCK_K, K,
                             stride_wk, stride_sn, stride_sk, WFMT, SFMT, GROUP_K, HAS_ZERO, True, PAIRED, FIRST + 1,
-                            BLOCK_N, BLOCK_K, True, DOT_DTYPE)
+                            BLOCK_N, BLOCK_K, True, DOT_DTYPE, MMA_ORDER)
     return _side_by_side(left, right)
 
 
@@ -127,7 +136,7 @@ def _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, 
 def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                   WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                   SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                  EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, MMA_ORDER: tl.constexpr):
     """The weight operand of a K step: one [BLOCK_N, BLOCK_K] tile, or with SCALE_WORDS the four
     groups of the rows' scale words side by side, [BLOCK_N, 4 * BLOCK_K], each dequantized with its
     byte of the word as a row's scale. (One operand, not four dots: Triton waited for each of four
@@ -135,13 +144,14 @@ def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk
     made it dequantize in another layout and move the tile through shared memory.)"""
     if SCALE_WORDS:
         first = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                            WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 0, BLOCK_N, BLOCK_K, DOT_DTYPE)
+                            WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 0, BLOCK_N, BLOCK_K, DOT_DTYPE, MMA_ORDER)
         second = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                             WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 2, BLOCK_N, BLOCK_K, DOT_DTYPE)
+                             WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 2, BLOCK_N, BLOCK_K, DOT_DTYPE, MMA_ORDER)
         return _side_by_side(first, second)
     else:
         return _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                               WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, BLOCK_N, BLOCK_K, EVEN_K, DOT_DTYPE)
+                               WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, 0, BLOCK_N, BLOCK_K, EVEN_K, DOT_DTYPE,
+                               MMA_ORDER)
 
 
 @triton.jit
@@ -150,18 +160,20 @@ def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
                   HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  EVEN_K: tl.constexpr):
+                  EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr):
     """One K step at k0 (BLOCK_K columns, four times that with SCALE_WORDS): the activations, the
     gate (and up) weight operands, their dots."""
     STEP_K: tl.constexpr = 4 * BLOCK_K if SCALE_WORDS else BLOCK_K
     a, _same = activation_tiles(a_ptrs, a_row_ok, k0, K, False, BLOCK_M, STEP_K, EVEN_K or SCALE_WORDS)
     a_t = tl.trans(a)
     w = _step_operand(g_ptrs, s_base, z_base, g_word, gate_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                      WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+                      WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype,
+                      MMA_ORDER)
     acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
     if GATED:
         u = _step_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
-                          WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype)
+                          WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype,
+                          MMA_ORDER)
         acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
     return acc_g, acc_u
 
@@ -174,7 +186,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
                                  DOT_PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                 EVEN_K: tl.constexpr):
+                                 EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr = False):
     """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
     acc_up zeros when not GATED), computed as W @ x^T. SCALE_WORDS: one-byte scales (e8m0, e4m3) read
     as the aligned 32-bit word of four groups, which the pipeliner streams by asynchronous copies
@@ -203,12 +215,12 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
         acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word,
                                      u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk, GATED, WFMT,
                                      SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N,
-                                     BLOCK_K, EVEN_K)
+                                     BLOCK_K, EVEN_K, MMA_ORDER)
     if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
         a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
         for k0 in range(k_words, K, BLOCK_K):
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                                          GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, DOT_PRECISION,
-                                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+                                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER)
     return tl.trans(acc_g), tl.trans(acc_u)

@@ -1,0 +1,74 @@
+"""The order of packed 4-bit codes within a row that the Triton backend keeps ("MMA order").
+
+Why (sm90 SASS of the swapped tensor-core loop, weight_only_swapped.py): a thread's A-operand
+registers of Hopper's wgmma hold, for each of its weight rows, the K-column pairs (2q, 2q + 1) and
+(2q + 8, 2q + 9) of every 16 columns, q = lane % 4: in the plain order (formats.pack_nibbles, a
+byte per pair) bytes q and q + 4 of every 8. Read from shared memory into that layout, a tile of
+plain bytes took one LDS.U8 per byte (64 per K step of Mixtral's gemm1 at 128 x 128, and 56 bytes
+of spills). In MMA order each run of RUN_BYTES bytes (32 codes) is stored thread by thread: the
+four bytes a thread needs lie together, so the tile comes in by wide loads and the kernel puts the
+bytes back in plain order with a reshape and a permute, which Triton lowers to nothing (same build:
+539 instructions per step instead of 620, no spills; gemm2 140 registers instead of 192).
+
+Within a run, stored byte ``4q + 2c + h`` holds plain byte ``8c + 4h + q`` (q < 4, c < 2, h < 2);
+the nibbles of a byte are not moved. A run lies inside one scale group when groups hold at least
+32 codes (w4a16 g32/g64/g128 and per channel, mxfp4), so scales, zero points and everything else
+keep their plain layout. nvfp4's 16-code groups, act-order (g_idx) and K not a multiple of 32 stay
+plain.
+
+The layer converts its codes in place when the Triton backend is chosen and back when another is
+(oracle/quantized.convert_weights); its state dict always holds the plain order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moekit.quant.spec import QuantizedMatrix, QuantSpec
+
+RUN_BYTES = 16
+RUN_CODES = 2 * RUN_BYTES
+
+# stored byte p of a run holds plain byte _PLAIN_OF_STORED[p]
+_PLAIN_OF_STORED = [8 * c + 4 * h + q for q in range(4) for c in range(2) for h in range(2)]
+_STORED_OF_PLAIN = sorted(range(RUN_BYTES), key=_PLAIN_OF_STORED.__getitem__)
+
+
+def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
+    """Whether ``m``'s codes can be kept in MMA order: packed 4-bit codes, runs inside scale
+    groups, whole runs per row, no act-order."""
+    k_bytes = m.data.shape[-1]
+    return (spec.weight_only and spec.weight.packed and (spec.group_k == 0 or spec.group_k >= RUN_CODES)
+            and k_bytes % RUN_BYTES == 0 and m.g_idx is None)
+
+
+def to_mma_order(data: torch.Tensor) -> torch.Tensor:
+    """Packed codes [..., K/2] in plain order -> the same codes in MMA order (a new tensor)."""
+    return _permute_runs(data, _PLAIN_OF_STORED)
+
+
+def to_plain_order(data: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``to_mma_order``."""
+    return _permute_runs(data, _STORED_OF_PLAIN)
+
+
+def _permute_runs(data: torch.Tensor, order: list[int]) -> torch.Tensor:
+    if data.shape[-1] % RUN_BYTES:
+        raise ValueError(f"packed rows of {data.shape[-1]} bytes are not whole runs of {RUN_BYTES}")
+    runs = data.reshape(*data.shape[:-1], data.shape[-1] // RUN_BYTES, RUN_BYTES)
+    index = torch.tensor(order, device=data.device)
+    return runs.index_select(-1, index).reshape(data.shape)
+
+
+def plain(m: QuantizedMatrix) -> QuantizedMatrix:
+    """``m`` with its codes in plain order (itself when they are)."""
+    if not m.mma_order:
+        return m
+    return QuantizedMatrix(to_plain_order(m.data), m.scale, m.zero, m.g_idx, m.global_scale)
+
+
+def in_mma_order(m: QuantizedMatrix) -> QuantizedMatrix:
+    """``m`` with its codes in MMA order (a new tensor; itself when they are)."""
+    if m.mma_order:
+        return m
+    return QuantizedMatrix(to_mma_order(m.data), m.scale, m.zero, m.g_idx, m.global_scale, mma_order=True)

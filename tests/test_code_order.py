@@ -1,0 +1,116 @@
+"""The Triton backend's MMA order of packed 4-bit codes (quant/code_order.py): its definition, which
+matrices take it, every kernel path that reads it (the swapped tensor-core loop with and without
+scale words and K tails, fp32 and the fp16 pair numerics; the decode GEMV with a split K) against
+the reference on the same codes in plain order, the paths that refuse it, and the layer keeping its
+codes in MMA order while its state dict stays plain."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import moekit
+from moekit.quant import METHODS
+from moekit.quant.code_order import in_mma_order, mma_order_fits, plain, to_mma_order, to_plain_order
+from moekit.quant.dequant import dequantize
+from moekit.tolerance import relative_error
+from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles
+from test_triton_quant import make_case, reference, triton_out
+from test_weight_only_gemv import gemv_tiles
+
+
+def test_stored_byte_of_each_plain_byte():
+    # within each 16-byte run, stored byte 4q + 2c + h holds plain byte 8c + 4h + q
+    data = torch.arange(2 * 48, dtype=torch.uint8).reshape(2, 48)
+    mma = to_mma_order(data)
+    for row in range(2):
+        for run in range(3):
+            for q in range(4):
+                for c in range(2):
+                    for h in range(2):
+                        assert mma[row, 16 * run + 4 * q + 2 * c + h] == data[row, 16 * run + 8 * c + 4 * h + q]
+    assert torch.equal(to_plain_order(mma), data)
+    assert not torch.equal(mma, data)
+
+
+def test_which_matrices_take_the_mma_order():
+    def fits(scheme, k, g_idx=False):
+        spec = METHODS[scheme].spec
+        m = METHODS[scheme].quantize(torch.randn(1, 8, k))
+        if g_idx:
+            m = dataclasses.replace(m, g_idx=torch.zeros(1, k, dtype=torch.int32))
+        return mma_order_fits(spec, m)
+
+    assert fits("w4a16-g128", 256) and fits("w4a16-g32-asym", 96) and fits("w4a16-ch", 160) and fits("mxfp4", 64)
+    assert not fits("nvfp4", 64)  # 16-code groups: a run would span two
+    assert not fits("w8a16-g128", 256) and not fits("fp8-per-channel", 256)  # not packed
+    assert not fits("w4a16-ch", 80)  # 40 bytes a row: not whole runs
+    assert not fits("w4a16-g32", 128, g_idx=True)  # act-order
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-g128", "mxfp4"])
+def test_reference_dequantizes_either_order_alike(scheme):
+    m = METHODS[scheme].quantize(torch.randn(3, 16, 256))
+    spec = METHODS[scheme].spec
+    assert torch.equal(dequantize(in_mma_order(m), spec), dequantize(m, spec))
+    assert torch.equal(plain(in_mma_order(m)).data, m.data)
+
+
+def _mma_case(case):
+    w = case.weights
+    return dataclasses.replace(case, weights=dataclasses.replace(w, w13=in_mma_order(w.w13), w2=in_mma_order(w.w2)))
+
+
+@pytest.mark.parametrize("scheme,hidden,inter,dtype", [
+    ("w4a16-g128-asym", 256, 128, torch.float32),
+    ("w4a16-g32", 96, 160, torch.float16),  # K tails (160 = 2 steps of 64 + 32), fp16 pair numerics
+    ("w4a16-ch", 160, 96, torch.float32),
+    ("w4a16-g64", 128, 192, torch.float16),
+    ("mxfp4", 384, 256, torch.float32),  # scale words: four 32-code groups a step
+    ("mxfp4", 160, 96, torch.float32),  # scale words, then single-group steps for the tail
+])
+def test_swapped_loop_reads_mma_order(scheme, hidden, inter, dtype):
+    case = make_case(scheme, tokens=9, hidden=hidden, inter=inter, bias=True, dtype=dtype)
+    swapped = ExpertsTiles(16, GemmTiles(32, 64, 1, swap_ab=True), GemmTiles(64, 128, 1, swap_ab=True))
+    out = triton_out(_mma_case(case), swapped)
+    assert relative_error(out, reference(case).double()) <= (1e-3 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("w4a16-ch", 4, 3)])
+def test_decode_gemv_reads_mma_order(scheme, block_m, split):
+    case = make_case(scheme, tokens=5, experts=4, hidden=64, inter=96, bias=True)
+    out = triton_out(_mma_case(case), gemv_tiles(block_m, split, split))
+    assert relative_error(out, reference(case).double()) <= 1e-5
+
+
+def test_unswapped_loop_and_mixed_orders_refused():
+    case = _mma_case(make_case("w4a16-g32", tokens=5, hidden=64, inter=64))
+    with pytest.raises(ValueError, match="MMA order"):
+        triton_out(case, ExpertsTiles(16, GemmTiles(32, 64, 1), GemmTiles(32, 64, 1)))
+    mixed = dataclasses.replace(case, weights=dataclasses.replace(case.weights, w2=plain(case.weights.w2)))
+    with pytest.raises(ValueError, match="code order"):
+        triton_out(mixed, gemv_tiles(1, 1, 1))
+
+
+def test_layer_keeps_mma_order_and_a_plain_state_dict(monkeypatch):
+    monkeypatch.setenv("MOEKIT_BACKEND", "triton")
+    torch.manual_seed(0)
+    layer = moekit.MoE(4, 2, 128, 96, quant="w4a16-g32", dtype=torch.float32, device="cpu")
+    assert layer.explain().backend == "triton"
+    assert layer._mma_order == {"w13": True, "w2": True} and layer.kernel.weights.w13.mma_order
+    state = layer.state_dict()
+    assert torch.equal(to_mma_order(state["w13"]), layer.w13) and torch.equal(to_mma_order(state["w2"]), layer.w2)
+    x = torch.randn(6, 128)
+    with torch.no_grad():
+        out = layer(x)
+        monkeypatch.setenv("MOEKIT_BACKEND", "reference")
+        ref = moekit.MoE(4, 2, 128, 96, quant="w4a16-g32", dtype=torch.float32, device="cpu")
+        ref.load_state_dict(state)
+        assert ref.explain().backend == "reference" and ref._mma_order == {"w13": False, "w2": False}
+        assert torch.equal(ref.w13, state["w13"])
+        assert relative_error(out, ref(x).double()) <= 1e-3
+        monkeypatch.setenv("MOEKIT_BACKEND", "triton")
+        again = moekit.MoE(4, 2, 128, 96, quant="w4a16-g32", dtype=torch.float32, device="cpu")
+        again.load_state_dict(state)  # plain codes in, MMA order kept, same output
+        assert again._mma_order == {"w13": True, "w2": True}
+        assert torch.equal(again(x), out)
