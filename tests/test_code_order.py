@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import moekit
-from moekit.quant import METHODS
+from moekit.quant import METHODS, QuantizedMatrix
 from moekit.quant.code_order import in_mma_order, mma_order_fits, plain, to_mma_order, to_plain_order
 from moekit.quant.dequant import dequantize
 from moekit.tolerance import relative_error
@@ -41,10 +41,12 @@ def test_which_matrices_take_the_mma_order():
             m = dataclasses.replace(m, g_idx=torch.zeros(1, k, dtype=torch.int32))
         return mma_order_fits(spec, m)
 
-    assert fits("w4a16-g128", 256) and fits("w4a16-g32-asym", 96) and fits("w4a16-ch", 160) and fits("mxfp4", 64)
+    assert fits("w4a16-g128", 256) and fits("w4a16-g32-asym", 96) and fits("mxfp4", 64)
     assert not fits("nvfp4", 64)  # 16-code groups: a run would span two
+    assert not fits("w4a16-ch", 160)  # per channel: kept plain (see the module docstring)
     assert not fits("w8a16-g128", 256) and not fits("fp8-per-channel", 256)  # not packed
-    assert not fits("w4a16-ch", 80)  # 40 bytes a row: not whole runs
+    rows_of_40_bytes = QuantizedMatrix(torch.zeros(1, 8, 40, dtype=torch.uint8), torch.ones(1, 8, 3))
+    assert not mma_order_fits(METHODS["w4a16-g32"].spec, rows_of_40_bytes)  # not whole 16-byte runs
     assert not fits("w4a16-g32", 128, g_idx=True)  # act-order
 
 
@@ -64,7 +66,7 @@ def _mma_case(case):
 @pytest.mark.parametrize("scheme,hidden,inter,dtype", [
     ("w4a16-g128-asym", 256, 128, torch.float32),
     ("w4a16-g32", 96, 160, torch.float16),  # K tails (160 = 2 steps of 64 + 32), fp16 pair numerics
-    ("w4a16-ch", 160, 96, torch.float32),
+    ("w4a16-g32-asym", 160, 96, torch.float32),
     ("w4a16-g64", 128, 192, torch.float16),
     ("mxfp4", 384, 256, torch.float32),  # scale words: four 32-code groups a step
     ("mxfp4", 160, 96, torch.float32),  # scale words, then single-group steps for the tail
@@ -76,7 +78,7 @@ def test_swapped_loop_reads_mma_order(scheme, hidden, inter, dtype):
     assert relative_error(out, reference(case).double()) <= (1e-3 if dtype == torch.float32 else 1e-2)
 
 
-@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("w4a16-ch", 4, 3)])
+@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("w4a16-g32", 4, 3)])
 def test_decode_gemv_reads_mma_order(scheme, block_m, split):
     case = make_case(scheme, tokens=5, experts=4, hidden=64, inter=96, bias=True)
     out = triton_out(_mma_case(case), gemv_tiles(block_m, split, split))
