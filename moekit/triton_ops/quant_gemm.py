@@ -168,7 +168,7 @@ def _gemm1_quant(
                                                     gate_rows, up_rows, col_ok, stride_wn, stride_wk, stride_sn,
                                                     stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
                                                     PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                                                    MMA_ORDER)
+                                                    MMA_ORDER, ON_GPU)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
                                             up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
@@ -251,7 +251,7 @@ def _gemm2_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
-    W_SCALAR: tl.constexpr, MMA_ORDER: tl.constexpr,
+    W_SCALAR: tl.constexpr, MMA_ORDER: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -270,7 +270,8 @@ def _gemm2_quant(
         acc, _unused = weight_only_swapped_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base,
                                                     cols, cols, col_ok, stride_wn, stride_wk, stride_sn, stride_sk,
                                                     False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED,
-                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER)
+                                                    DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER,
+                                                    ON_GPU)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
                                             col_ok, stride_wn, stride_wk, stride_sn, stride_sk, False, WFMT, SFMT,
@@ -494,7 +495,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
              PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu"),
-             W_SCALAR=_one_weight_block(spec, g.block_n)),
+             W_SCALAR=_one_weight_block(spec, g.block_n), ON_GPU=a.device.type != "cpu"),
         g.num_warps, g.num_stages)
     return out_rows
 

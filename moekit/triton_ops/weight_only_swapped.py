@@ -179,6 +179,20 @@ def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base,
 
 
 @triton.jit
+def _retire_dots(k0, RETIRE: tl.constexpr):
+    """Wait until every wgmma issued so far has finished (PTX ``wgmma.wait_group 0``) before this step
+    writes its operand registers. Why: Triton 3.6 keeps the previous step's dots in flight
+    (``wait_group 7``) while the next step dequantizes into registers that ptxas 12.8 may reuse
+    from those dots' A operands: undefined behaviour by the PTX ISA, seen on the H200 as wrong,
+    run-to-run different results (w4a16 per channel at 4096 tokens; triton-lang/triton#9433, fixed
+    in ptxas 13.3). The tensor cores then no longer run one step's dots under the next step's
+    dequantization within a warpgroup; other warpgroups and programs on the SM still overlap."""
+    if RETIRE:
+        tl.inline_asm_elementwise("wgmma.wait_group.sync.aligned 0;", "=r,r", [k0], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@triton.jit
 def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  w_base, s_base, z_base, gate_rows, up_rows, col_ok,
                                  stride_wn, stride_wk, stride_sn, stride_sk,
@@ -186,7 +200,8 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
                                  DOT_PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                 EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr = False):
+                                 EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr = False,
+                                 RETIRE_DOTS: tl.constexpr = False):
     """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
     acc_up zeros when not GATED), computed as W @ x^T. SCALE_WORDS: one-byte scales (e8m0, e4m3) read
     as the aligned 32-bit word of four groups, which the pipeliner streams by asynchronous copies
@@ -205,6 +220,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     g_word = gate_rows
     u_word = up_rows
     for k0 in range(0, k_words, STEP_K):
+        _retire_dots(k0, RETIRE_DOTS)
         if SCALE_WORDS:
             word_col = (k0 // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
             g_word = tl.load((s_base + gate_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32), bitcast=True),
@@ -219,6 +235,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
         a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
         for k0 in range(k_words, K, BLOCK_K):
+            _retire_dots(k0, RETIRE_DOTS)
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                                          GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, DOT_PRECISION,
