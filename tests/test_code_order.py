@@ -41,9 +41,8 @@ def test_which_matrices_take_the_mma_order():
             m = dataclasses.replace(m, g_idx=torch.zeros(1, k, dtype=torch.int32))
         return mma_order_fits(spec, m)
 
-    assert fits("w4a16-g128", 256) and fits("w4a16-g32-asym", 96) and fits("mxfp4", 64)
+    assert fits("w4a16-g128", 256) and fits("w4a16-g32-asym", 96) and fits("w4a16-ch", 160) and fits("mxfp4", 64)
     assert not fits("nvfp4", 64)  # 16-code groups: a run would span two
-    assert not fits("w4a16-ch", 160)  # per channel: kept plain (see the module docstring)
     assert not fits("w8a16-g128", 256) and not fits("fp8-per-channel", 256)  # not packed
     rows_of_40_bytes = QuantizedMatrix(torch.zeros(1, 8, 40, dtype=torch.uint8), torch.ones(1, 8, 3))
     assert not mma_order_fits(METHODS["w4a16-g32"].spec, rows_of_40_bytes)  # not whole 16-byte runs
@@ -78,7 +77,7 @@ def test_swapped_loop_reads_mma_order(scheme, hidden, inter, dtype):
     assert relative_error(out, reference(case).double()) <= (1e-3 if dtype == torch.float32 else 1e-2)
 
 
-@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("w4a16-g32", 4, 3)])
+@pytest.mark.parametrize("scheme,block_m,split", [("w4a16-g32-asym", 1, 2), ("mxfp4", 2, 1), ("w4a16-ch", 4, 3)])
 def test_decode_gemv_reads_mma_order(scheme, block_m, split):
     case = make_case(scheme, tokens=5, experts=4, hidden=64, inter=96, bias=True)
     out = triton_out(_mma_case(case), gemv_tiles(block_m, split, split))

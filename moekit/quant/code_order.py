@@ -12,11 +12,9 @@ bytes back in plain order with a reshape and a permute, which Triton lowers to n
 
 Within a run, stored byte ``4q + 2c + h`` holds plain byte ``8c + 4h + q`` (q < 4, c < 2, h < 2);
 the nibbles of a byte are not moved. A run lies inside one scale group when groups hold at least
-32 codes (w4a16 g32/g64/g128, mxfp4), so scales, zero points and everything else keep their plain
-layout. nvfp4's 16-code groups, act-order (g_idx) and K not a multiple of 32 stay plain, and so
-do per-channel codes (w4a16-ch): on the H200 the swapped loop without per-step group scales gave
-wrong, run-to-run different results at some tiles in either order (Qwen3-30B at 4096 tokens, rel.
-1-5; docs/facts.md), and the MMA order moved that onto the default tiles.
+32 codes or span K (w4a16 g32/g64/g128 and per channel, mxfp4), so scales, zero points and
+everything else keep their plain layout. nvfp4's 16-code groups, act-order (g_idx) and K not a
+multiple of 32 stay plain.
 
 The layer converts its codes in place when the Triton backend is chosen and back when another is
 (oracle/quantized.convert_weights); its state dict always holds the plain order.
@@ -40,8 +38,8 @@ def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
     """Whether ``m``'s codes can be kept in MMA order: packed 4-bit codes, runs inside scale
     groups, whole runs per row, no act-order."""
     k_bytes = m.data.shape[-1]
-    return (spec.weight_only and spec.weight.packed and spec.group_k >= RUN_CODES and k_bytes % RUN_BYTES == 0
-            and m.g_idx is None)
+    return (spec.weight_only and spec.weight.packed and (spec.group_k == 0 or spec.group_k >= RUN_CODES)
+            and k_bytes % RUN_BYTES == 0 and m.g_idx is None)
 
 
 def to_mma_order(data: torch.Tensor) -> torch.Tensor:
