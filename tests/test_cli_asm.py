@@ -62,3 +62,19 @@ def test_the_main_loop_is_the_innermost_one_with_tensor_core_instructions():
     assert dict(loop) == {"HGMMA": 1, "LOP3": 1, "BRA": 1}
     cuda_cores = sass.replace("HGMMA.64x64x16.F32.BF16", "FFMA")  # no tensor cores: the longest loop
     assert sum(_main_loop(_instructions(cuda_cores)).values()) == 6
+
+
+def test_swapped_loop_retires_its_wgmmas_before_writing_operand_registers(tmp_path):
+    # Triton 3.6 leaves a K step's wgmmas in flight into the next step, whose dequantization writes
+    # registers ptxas 12.8 may reuse from those wgmmas' A operands (undefined behaviour, seen as
+    # wrong results on an H200): every K loop of the swapped weight-only GEMMs starts with
+    # wgmma.wait_group 0, before its first shared-memory read (weight_only_swapped._retire_dots).
+    done = _asm("--shape", "8,2,256,128", "--quant", "w4a16-g32", "--tokens", "64", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "swapped (W @ x^T)" in done.stdout
+    for name in ("gemm1_quant", "gemm2_quant"):
+        ptx = next(p for p in tmp_path.iterdir() if p.name.endswith(f"{name}.ptx")).read_text()
+        loops = re.findall(r"Loop Header.*?\n(.*?)ld\.shared", ptx, flags=re.S)
+        assert loops, f"{name}: no K loop found"
+        for head in loops:
+            assert "wgmma.wait_group.sync.aligned 0;" in head, f"{name}: a K loop reads shared memory before the wait"
