@@ -321,7 +321,7 @@ class MoE(nn.Module):
             prepare_finalize, parallel_choice = build_prepare_finalize(self.parallel, self.placement, self._comm,
                                                                        self.w13.device)
         self.kernel, selection = build_kernel(problem, weights, current_environment(), self.backend_request,
-                                              prepare_finalize)
+                                              prepare_finalize, own_codes=True)
         if self.quant_method is not None:  # the backend's conversion may have reordered the codes in place
             self._mma_order = {"w13": self.kernel.weights.w13.mma_order, "w2": self.kernel.weights.w2.mma_order}
         if self._decode_graphs is not None:  # they read the old kernel's tensors

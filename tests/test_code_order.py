@@ -115,3 +115,29 @@ def test_layer_keeps_mma_order_and_a_plain_state_dict(monkeypatch):
         again.load_state_dict(state)  # plain codes in, MMA order kept, same output
         assert again._mma_order == {"w13": True, "w2": True}
         assert torch.equal(again(x), out)
+
+
+def test_tensors_the_caller_owns_are_the_only_ones_reordered():
+    # moekit.fused_moe and a Hugging Face module served through experts_implementation="moekit"
+    # hand their own tensors to build_kernel, once per call or per kernel rebuild: reordering those
+    # in place would scramble them on the second build. Only the layer (own_codes) reorders.
+    from moekit.activations import GateUpLayout, parse_activation
+    from moekit.hardware import Environment
+    from moekit.kernel.build import build_kernel
+    from moekit.problem import MoEProblem
+
+    case = make_case("w4a16-g32", tokens=5, experts=4, hidden=64, inter=64)
+    before = case.weights.w13.data.clone()
+    problem = MoEProblem(4, 2, 64, 64, torch.float32, "cpu", parse_activation("silu"),
+                         gate_up_layout=GateUpLayout.CONCATENATED, quant="w4a16-g32")
+    env = Environment(False, "cpu", None, True, None, triton_interpreter=True)
+    for _ in range(2):
+        kernel, selection = build_kernel(problem, case.weights, env, "triton")
+        assert selection.chosen.name == "triton" and not kernel.weights.w13.mma_order
+        assert torch.equal(case.weights.w13.data, before)
+    kernel, _ = build_kernel(problem, case.weights, env, "triton", own_codes=True)
+    assert kernel.weights.w13.mma_order and torch.equal(case.weights.w13.data, to_mma_order(before))
+    again, _ = build_kernel(problem, kernel.weights, env, "triton", own_codes=True)  # already in order: kept
+    assert again.weights.w13.mma_order and torch.equal(case.weights.w13.data, to_mma_order(before))
+    back, _ = build_kernel(problem, kernel.weights, env, "reference", own_codes=True)
+    assert not back.weights.w13.mma_order and torch.equal(case.weights.w13.data, before)

@@ -46,7 +46,7 @@ def make_weights(name: str, scheme: str) -> ExpertWeights:
     static = method.spec.act_static
     # in the Triton backend's format, as a layer keeps them (4-bit codes in MMA order: quant/code_order.py);
     # the reference reads that format too
-    return convert_weights(TritonExperts, ExpertWeights(
+    return convert_weights(TritonExperts, own_codes=True, weights=ExpertWeights(
         quantize_by_expert(method, E, 2 * I, H), quantize_by_expert(method, E, H, I),
         (0.1 * torch.randn(E, 2 * I, device="cuda")).bfloat16() if bias else None,
         (0.1 * torch.randn(E, H, device="cuda")).bfloat16() if bias else None,

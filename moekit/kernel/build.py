@@ -15,15 +15,17 @@ from moekit.problem import MoEProblem
 
 def build_kernel(
     problem: MoEProblem, weights: ExpertWeights, env: Environment, requested: str | None = None,
-    prepare_finalize=None,
+    prepare_finalize=None, own_codes: bool = False,
 ) -> tuple[ModularKernel, Selection]:
     """``requested`` (an argument) wins over ``env.requested_backend`` (MOEKIT_BACKEND).
-    ``prepare_finalize``: an expert-parallel one (moekit/ep/); None is the single-device one."""
+    ``prepare_finalize``: an expert-parallel one (moekit/ep/); None is the single-device one.
+    ``own_codes``: the caller owns the weights' tensors, which the conversion to the chosen backend's
+    format may then reorder in place (oracle/quantized.py; the layer does, nothing else)."""
     selection = select_cached(problem, env, requested or env.requested_backend)
     kernel = ModularKernel(
         prepare_finalize=prepare_finalize or SINGLE_DEVICE,
         experts=selection.chosen(),
-        weights=oracle_for(problem.quant).convert_weights(selection.chosen, weights),
+        weights=oracle_for(problem.quant).convert_weights(selection.chosen, weights, own_codes),
         activation=problem.activation,
         gate_up_layout=problem.gate_up_layout,
         apply_router_weight_on_input=problem.apply_router_weight_on_input,

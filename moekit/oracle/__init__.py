@@ -15,7 +15,7 @@ from moekit.oracle.selection import BackendUnavailableError, Selection, Verdict,
 class SchemeOracle:
     scheme: str
     priority: tuple[type[ExpertsBackend], ...]
-    convert_weights: Callable[[type[ExpertsBackend], ExpertWeights], ExpertWeights]
+    convert_weights: Callable[..., ExpertWeights]  # (backend, weights, own_codes=False)
 
 
 ORACLES: dict[str, SchemeOracle] = {

@@ -2,11 +2,13 @@
 it does not list in ``quant_schemes``, so ``explain`` says why), and the conversion of moekit's
 quantized layout (quant/spec.py) into each backend's format.
 
-The reference reads moekit's plain layout. The Triton backend reads it too, except that packed
-4-bit codes whose runs fit (quant/code_order.py: w4a16, mxfp4) are kept in its MMA order: the
-conversion reorders them *in place* (the layer's own tensors: no second copy of the weights) and
-marks the matrices; converting for the reference puts them back. mxfp4 needs no
-hidden/intermediate round-up (the kernels mask the K tail), so no scheme pads here."""
+The reference reads moekit's plain layout, and so does the Triton backend; but for the owner of
+the tensors (``own_codes``: the layer) packed 4-bit codes whose runs fit (quant/code_order.py:
+w4a16, mxfp4) are kept in the Triton backend's MMA order: the conversion reorders them *in place*
+(no second copy of the weights) and marks the matrices; converting for the reference puts them
+back. Tensors the caller does not own (``moekit.fused_moe``'s arguments, a Hugging Face module's
+weights served through ``experts_implementation="moekit"``) stay as they are, in plain order.
+mxfp4 needs no hidden/intermediate round-up (the kernels mask the K tail), so no scheme pads here."""
 
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ from moekit.quant.spec import QuantizedMatrix
 PRIORITY: tuple[type[ExpertsBackend], ...] = (TritonExperts, ReferenceExperts)
 
 
-def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights) -> ExpertWeights:
+def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights, own_codes: bool = False) -> ExpertWeights:
     if backend not in PRIORITY:
         raise ValueError(f"no weight conversion from moekit's quantized layout to backend {backend.name!r}")
+    if not own_codes:  # (either order is read by both backends)
+        return weights
     # both matrices or neither: the decode GEMV writes gemm2's input in w13's order
     mma = backend is TritonExperts and mma_order_fits(weights.quant, weights.w13) and \
         mma_order_fits(weights.quant, weights.w2)

@@ -12,7 +12,7 @@ from moekit.experts.triton_fused import TritonExperts
 PRIORITY: tuple[type[ExpertsBackend], ...] = (TritonExperts, TorchGroupedMMExperts, ReferenceExperts)
 
 
-def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights) -> ExpertWeights:
+def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights, own_codes: bool = False) -> ExpertWeights:
     if backend in PRIORITY:
         return weights  # all read moekit's layout as it is (strided loads; grouped_mm takes transposed views)
     raise ValueError(f"no weight conversion from the unquantized layout to backend {backend.name!r}")
