@@ -110,6 +110,9 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     assert plan[2].endswith(f"(tuned {key.file_name()} bucket 256)")
     assert "4096 tokens: 128-row blocks" in plan[3] and plan[3].endswith(f"(tuned {key.file_name()} bucket 4096)")
     assert "4-bit codes in bfloat16 pairs, group scales rounded to bfloat16 first" in plan[4]  # the numerics
+    assert "MMA order" in plan[4]  # and the codes' order (quant/code_order.py); not for nvfp4 or int8 codes
+    assert all("MMA order" not in line for q in ("nvfp4", "w8a16-g128")
+               for line in tile_plan(dataclasses.replace(key, quant=q)))
     for scheme, says in (("w4a16-ch", "per-channel scale applied in fp32"), ("mxfp4", "e8m0 scales exact"),
                          ("w8a16-g128", "int8 codes in bfloat16 pairs, group scales rounded"),
                          ("fp8-per-channel", None)):

@@ -34,12 +34,16 @@ _PLAIN_OF_STORED = [8 * c + 4 * h + q for q in range(4) for c in range(2) for h 
 _STORED_OF_PLAIN = sorted(range(RUN_BYTES), key=_PLAIN_OF_STORED.__getitem__)
 
 
-def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
-    """Whether ``m``'s codes can be kept in MMA order: packed 4-bit codes, runs inside scale
-    groups, whole runs per row, no act-order."""
-    k_bytes = m.data.shape[-1]
+def mma_order_fits_rows(spec: QuantSpec, k: int) -> bool:
+    """Whether rows of ``k`` codes of ``spec`` can be kept in MMA order (act-order aside): packed
+    4-bit codes, runs inside scale groups, whole runs per row."""
     return (spec.weight_only and spec.weight.packed and (spec.group_k == 0 or spec.group_k >= RUN_CODES)
-            and k_bytes % RUN_BYTES == 0 and m.g_idx is None)
+            and k % RUN_CODES == 0)
+
+
+def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
+    """Whether ``m``'s codes can be kept in MMA order: mma_order_fits_rows, and no act-order."""
+    return mma_order_fits_rows(spec, 2 * m.data.shape[-1]) and m.g_idx is None
 
 
 def to_mma_order(data: torch.Tensor) -> torch.Tensor:

@@ -261,6 +261,7 @@ def tile_plan(key: TableKey, token_counts=EXPLAINED_TOKENS) -> list[str]:
 def _swapped_numerics(key: TableKey) -> list[str]:
     """A line on how the swapped loop dequantizes this key's codes on the GPU, where it is not the
     fp32 route (paired_dequant.py)."""
+    from moekit.quant.code_order import mma_order_fits_rows
     from moekit.quant.registry import method_for
     from moekit.quant.spec import WeightFormat
     from moekit.triton_ops.quant_gemm import PAIRED_OFF, paired_mode
@@ -276,4 +277,7 @@ def _swapped_numerics(key: TableKey) -> list[str]:
     else:
         scales = "the per-channel scale applied in fp32 after the dot"
     codes = "int8 codes" if spec.weight is WeightFormat.INT8 else "4-bit codes"
-    return [f"  swapped tiles dequantize {codes} in {dtype} pairs, {scales} (triton_ops/paired_dequant.py)"]
+    order = ""
+    if mma_order_fits_rows(spec, key.hidden_size) and mma_order_fits_rows(spec, key.intermediate_size):
+        order = "; the layer keeps them in MMA order (quant/code_order.py)"
+    return [f"  swapped tiles dequantize {codes} in {dtype} pairs, {scales} (triton_ops/paired_dequant.py){order}"]
