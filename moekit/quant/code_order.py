@@ -17,7 +17,9 @@ everything else keep their plain layout. nvfp4's 16-code groups, act-order (g_id
 multiple of 32 stay plain.
 
 The layer converts its codes in place when the Triton backend is chosen and back when another is
-(oracle/quantized.convert_weights); its state dict always holds the plain order.
+(oracle/quantized.convert_weights); its state dict always holds the plain order. Tensors moekit
+does not own (``moekit.fused_moe``'s arguments, a Hugging Face module's weights) are never reordered:
+every reader takes either order, by ``QuantizedMatrix.mma_order``.
 """
 
 from __future__ import annotations
