@@ -24,6 +24,8 @@ every reader takes either order, by ``QuantizedMatrix.mma_order``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from moekit.quant.spec import QuantizedMatrix, QuantSpec
@@ -70,11 +72,11 @@ def plain(m: QuantizedMatrix) -> QuantizedMatrix:
     """``m`` with its codes in plain order (itself when they are)."""
     if not m.mma_order:
         return m
-    return QuantizedMatrix(to_plain_order(m.data), m.scale, m.zero, m.g_idx, m.global_scale)
+    return replace(m, data=to_plain_order(m.data), mma_order=False)
 
 
 def in_mma_order(m: QuantizedMatrix) -> QuantizedMatrix:
     """``m`` with its codes in MMA order (a new tensor; itself when they are)."""
     if m.mma_order:
         return m
-    return QuantizedMatrix(to_mma_order(m.data), m.scale, m.zero, m.g_idx, m.global_scale, mma_order=True)
+    return replace(m, data=to_mma_order(m.data), mma_order=True)
