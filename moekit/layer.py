@@ -25,9 +25,6 @@ from moekit.routing import RoutingConfig, route_with_config
 from moekit.shared_experts import SharedExperts
 
 
-_MATRIX_TENSORS = ("data", "scale", "zero", "g_idx", "global_scale")  # QuantizedMatrix's tensors
-
-
 class MoE(nn.Module):
     """Router -> routed experts (+ shared experts) for x [T, H] or [B, S, H].
 
@@ -189,7 +186,7 @@ class MoE(nn.Module):
         bounded at real shapes, and stack the results."""
         parts = [self.quant_method.quantize(expert_weight(e)) for e in range(self.num_local_experts)]
         return QuantizedMatrix(*(None if getattr(parts[0], name) is None else
-                                 torch.cat([getattr(p, name) for p in parts]) for name in _MATRIX_TENSORS))
+                                 torch.cat([getattr(p, name) for p in parts]) for name in QuantizedMatrix.TENSORS))
 
     def _set_quantized(self, name: str, m: QuantizedMatrix) -> None:
         for suffix, t in (("", m.data), ("_scale", m.scale), ("_zero", m.zero), ("_g_idx", m.g_idx),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
+from typing import ClassVar
 
 import torch
 
@@ -103,11 +104,13 @@ class QuantizedMatrix:
     global_scale: torch.Tensor | None = None
     mma_order: bool = False
 
+    TENSORS: ClassVar[tuple[str, ...]] = ("data", "scale", "zero", "g_idx", "global_scale")  # in field order
+
     def map(self, fn) -> QuantizedMatrix:
         """The same matrix with ``fn`` applied to every tensor present (e.g. ``.to(device)``)."""
         return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.zero, self.g_idx,
-                                                          self.global_scale) if t is not None)
+        tensors = (getattr(self, name) for name in self.TENSORS)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
