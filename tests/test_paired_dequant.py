@@ -14,7 +14,10 @@ import triton.language as tl
 
 from moekit.quant import formats
 import ptx_sim
-from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, PAIRED_PTX, paired_e2m1, paired_int8, paired_uint4
+from moekit.quant.code_order import to_mma_order
+from moekit.triton_ops.paired_dequant import (PAIRED_EMULATED, PAIRED_PTX, paired_e2m1, paired_e2m1_words, paired_int8,
+                                              paired_uint4, paired_uint4_words, split_pairs)
+from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order
 
 ROWS, COLS = 16, 32
 
@@ -31,6 +34,24 @@ def _pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS:
         lo, hi = paired_e2m1(stored, s, SFMT, lo_ptr.dtype.element_ty)
     else:
         lo, hi = paired_uint4(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, MODE, lo_ptr.dtype.element_ty)
+    tl.store(lo_ptr + offs, lo)
+    tl.store(hi_ptr + offs, hi)
+
+
+@triton.jit
+def _word_pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                       E2M1: tl.constexpr, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr):
+    """As the swapped loop reads codes in MMA order: whole words through the PTX, then plain order."""
+    r = tl.arange(0, ROWS)
+    offs = r[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    stored = tl.load(b_ptr + offs)
+    s = tl.load(s_ptr + r)
+    dtype = lo_ptr.dtype.element_ty
+    if E2M1:
+        pairs = paired_e2m1_words(stored, s, SFMT, dtype)
+    else:
+        pairs = paired_uint4_words(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, dtype)
+    lo, hi = split_pairs(_runs_in_plain_order(pairs), dtype)
     tl.store(lo_ptr + offs, lo)
     tl.store(hi_ptr + offs, hi)
 
@@ -72,6 +93,14 @@ def run_pairs(stored, scale, zero, dtype, mode, e2m1=False, has_zero=False, grou
     lo = torch.full(stored.shape, float("nan"), dtype=dtype, device=stored.device)
     hi = torch.full_like(lo, float("nan"))
     _pairs_kernel[(1,)](stored, scale, zero, lo, hi, ROWS, COLS, e2m1, has_zero, grouped, sfmt, mode)
+    return lo, hi
+
+
+def run_word_pairs(stored, scale, zero, dtype, e2m1=False, has_zero=False, grouped=True, sfmt=0):
+    """Plain bytes ``stored`` put in MMA order (quant/code_order.py) and dequantized as words."""
+    lo = torch.full(stored.shape, float("nan"), dtype=dtype, device=stored.device)
+    hi = torch.full_like(lo, float("nan"))
+    _word_pairs_kernel[(1,)](to_mma_order(stored), scale, zero, lo, hi, ROWS, COLS, e2m1, has_zero, grouped, sfmt)
     return lo, hi
 
 
@@ -155,13 +184,44 @@ def test_uint4_pairs_ptx_simulated(dtype, has_zero, grouped):
 @pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4): every byte of codes
 def test_e2m1_pairs_ptx_simulated(sfmt):
     stored = torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
-    if sfmt == 1:
-        scale = torch.randint(110, 140, (ROWS,), dtype=torch.uint8)
-    else:  # finite e4m3 bytes, subnormals included (0x7F and 0xFF are NaN)
-        scale = torch.randint(0, 0x7F, (ROWS,), dtype=torch.uint8)
+    scale = e2m1_scales(sfmt)
     with ptx_sim.patched_interpreter():
         lo, hi = run_pairs(stored, scale, scale, torch.bfloat16, PAIRED_PTX.value, e2m1=True, sfmt=sfmt)
     want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+def e2m1_scales(sfmt):
+    """e8m0 bytes around 2**0 and byte 0 (2**-127, subnormal in bf16), or finite e4m3 bytes,
+    subnormals included (0x7F and 0xFF are NaN)."""
+    if sfmt == 1:
+        scale = torch.randint(110, 140, (ROWS,), dtype=torch.uint8)
+        scale[3] = 0
+        return scale
+    return torch.randint(0, 0x7F, (ROWS,), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("sfmt", [1, 2])
+def test_e2m1_word_pairs_ptx_simulated(sfmt):
+    # codes in MMA order: every byte of codes, as pairs of whole words, back in plain order
+    stored = torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
+    scale = e2m1_scales(sfmt)
+    with ptx_sim.patched_interpreter():
+        lo, hi = run_word_pairs(stored, scale, scale, torch.bfloat16, e2m1=True, sfmt=sfmt)
+    want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("has_zero", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_uint4_word_pairs_ptx_simulated(dtype, has_zero, grouped):
+    stored, scale, zero = uint4_inputs()
+    if dtype == torch.bfloat16:
+        scale = scale.bfloat16().float()  # the interpreter's fp32 -> bf16 casts truncate
+    with ptx_sim.patched_interpreter():
+        lo, hi = run_word_pairs(stored, scale, zero, dtype, has_zero=has_zero, grouped=grouped)
+    want_lo, want_hi = uint4_expected(stored, scale, zero, dtype, has_zero, grouped)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 
 

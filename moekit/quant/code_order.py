@@ -10,8 +10,13 @@ four bytes a thread needs lie together, so the tile comes in by wide loads and t
 bytes back in plain order with a reshape and a permute, which Triton lowers to nothing (same build:
 539 instructions per step instead of 620, no spills; gemm2 140 registers instead of 192).
 
-Within a run, stored byte ``4q + 2c + h`` holds plain byte ``8c + 4h + q`` (q < 4, c < 2, h < 2);
-the nibbles of a byte are not moved. A run lies inside one scale group when groups hold at least
+Within a run, stored bytes ``4q .. 4q + 3`` (thread q's 32-bit word) hold the plain bytes ``8c + 4h +
+q`` (q < 4, c < 2, h < 2), pair ``j = 2c + h`` of the word, nibble by nibble: pair j's low code
+(its even K column) is nibble j of the word (bits 4j..4j+3), its high code nibble 4 + j. Why the
+nibbles move too (sm90 SASS): a bf16 pair register then comes out of the whole word by one shift
+and one mask for both of its halves (the pair's codes lie 16 bits apart, as its two values do),
+where a byte per pair first had to be taken out of the word (a PRMT per pair) and spread apart
+(paired_dequant.py). A run lies inside one scale group when groups hold at least
 32 codes or span K (w4a16 g32/g64/g128 and per channel, mxfp4), so scales, zero points and
 everything else keep their plain layout. nvfp4's 16-code groups, act-order (g_idx) and K not a
 multiple of 32 stay plain.
@@ -33,7 +38,7 @@ from moekit.quant.spec import QuantizedMatrix, QuantSpec
 RUN_BYTES = 16
 RUN_CODES = 2 * RUN_BYTES
 
-# stored byte p of a run holds plain byte _PLAIN_OF_STORED[p]
+# byte p of a run in MMA order holds (the nibbles of) plain byte _PLAIN_OF_STORED[p]
 _PLAIN_OF_STORED = [8 * c + 4 * h + q for q in range(4) for c in range(2) for h in range(2)]
 _STORED_OF_PLAIN = sorted(range(RUN_BYTES), key=_PLAIN_OF_STORED.__getitem__)
 
@@ -52,12 +57,31 @@ def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
 
 def to_mma_order(data: torch.Tensor) -> torch.Tensor:
     """Packed codes [..., K/2] in plain order -> the same codes in MMA order (a new tensor)."""
-    return _permute_runs(data, _PLAIN_OF_STORED)
+    return _nibbles_to_words(_permute_runs(data, _PLAIN_OF_STORED))
 
 
 def to_plain_order(data: torch.Tensor) -> torch.Tensor:
     """The inverse of ``to_mma_order``."""
-    return _permute_runs(data, _STORED_OF_PLAIN)
+    return _permute_runs(_words_to_nibbles(data), _STORED_OF_PLAIN)
+
+
+def _nibbles_to_words(pairs: torch.Tensor) -> torch.Tensor:
+    """Bytes [..., 4n] of two codes each (pair j of a word: low code, high code) -> words whose
+    nibble j holds pair j's low code and nibble 4 + j its high code."""
+    p = pairs.reshape(*pairs.shape[:-1], -1, 4).to(torch.int32) & 0xFF
+    low, high = p & 0xF, p >> 4
+    words = [low[..., 0] | low[..., 1] << 4, low[..., 2] | low[..., 3] << 4,
+             high[..., 0] | high[..., 1] << 4, high[..., 2] | high[..., 3] << 4]
+    return torch.stack(words, -1).to(pairs.dtype).reshape(pairs.shape)
+
+
+def _words_to_nibbles(words: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``_nibbles_to_words``."""
+    w = words.reshape(*words.shape[:-1], -1, 4).to(torch.int32) & 0xFF
+    low = [w[..., 0] & 0xF, w[..., 0] >> 4, w[..., 1] & 0xF, w[..., 1] >> 4]
+    high = [w[..., 2] & 0xF, w[..., 2] >> 4, w[..., 3] & 0xF, w[..., 3] >> 4]
+    pairs = [lo | hi << 4 for lo, hi in zip(low, high)]
+    return torch.stack(pairs, -1).to(words.dtype).reshape(words.shape)
 
 
 def _permute_runs(data: torch.Tensor, order: list[int]) -> torch.Tensor:

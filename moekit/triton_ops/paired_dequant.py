@@ -96,6 +96,65 @@ mov.b32 $0, t;
 }""")
 
 
+def _uint4_word_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
+    """$0..$3 = the (low, high) pairs 0..3 of the MMA-order word $4 (pair j's codes at nibbles j and
+    4 + j: one shift and one mask make both halves); $5 = minus (the magic number plus the zero
+    point), $9 = the scale, each in both halves ($6-$8, $10-$12: the same row's copies)."""
+    kind = "f16x2" if fp16 else "bf16x2"
+    steps = []
+    for j in range(4):
+        word = "$4" if j == 0 else "t"
+        if j:
+            steps.append(f"shr.b32 t, $4, {4 * j};")
+        steps.append(f"lop3.b32 t, {word}, m, c, 0xEA;")
+        if grouped:
+            steps.append(f"fma.rn.{kind} t, t, one, $5;")
+            steps.append(f"fma.rn.{kind} ${j}, t, $9, nz;")
+        else:
+            steps.append(f"fma.rn.{kind} ${j}, t, one, $5;")
+    body = "\n".join(steps)
+    return tl.constexpr(f"""{{
+.reg .b32 t, m, c, one, nz;
+mov.b32 m, 0x000F000F;
+mov.b32 c, {"0x64006400" if fp16 else "0x43004300"};
+mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
+mov.b32 nz, 0x80008000;
+{body}
+}}""")
+
+
+_UINT4_WORD_BF16 = _uint4_word_ptx(False, False)
+_UINT4_WORD_BF16_GROUPED = _uint4_word_ptx(False, True)
+_UINT4_WORD_FP16 = _uint4_word_ptx(True, False)
+_UINT4_WORD_FP16_GROUPED = _uint4_word_ptx(True, True)
+
+
+def _e2m1_word_ptx() -> tl.constexpr:
+    """$0..$3 = the bf16 pairs 0..3 of the MMA-order word $4 times $5 (2**126 or 2**117) times $9
+    (the scale): pair j's magnitudes moved to bits 6-8 and 22-24, its signs to bits 15 and 31, each
+    by one shift of the whole word (the pair's codes lie 16 bits apart, as its halves do)."""
+    steps = []
+    for j in range(4):
+        magnitude = 6 - 4 * j
+        steps.append(f"shl.b32 a, $4, {magnitude};" if magnitude > 0 else f"shr.b32 a, $4, {-magnitude};")
+        steps.append("and.b32 a, a, 0x01C001C0;")
+        sign = 12 - 4 * j
+        if sign:
+            steps.append(f"shl.b32 b, $4, {sign};")
+        steps.append(f"lop3.b32 t, {'b' if sign else '$4'}, nz, a, 0xEA;")
+        steps.append("fma.rn.bf16x2 t, t, $5, nz;")
+        steps.append(f"fma.rn.bf16x2 ${j}, t, $9, nz;")
+    body = "\n".join(steps)
+    return tl.constexpr(f"""{{
+.reg .b32 a, b, t, nz;
+mov.b32 nz, 0x80008000;
+{body}
+}}""")
+
+
+_E2M1_WORD_BF16 = _e2m1_word_ptx()
+
+
 @triton.constexpr_function
 def _int8_asm(fp16, has_zero, grouped):
     """$0 = the pair of the two int8 codes packed in $1 (bytes 0 and 1); then $2 = minus the zero
@@ -127,9 +186,7 @@ def _ptx_pair(asm: tl.constexpr, byte, a, b, DOT_DTYPE: tl.constexpr):
     operands ``a`` and ``b`` ([rows, 1] int32). (One int32 result, split here: Triton carries the dot
     operand's layout back through a one-result asm, not a two-result one.)"""
     pair = tl.inline_asm_elementwise(asm, "=r,r,r,r", [byte, a, b], dtype=tl.int32, is_pure=True, pack=1)
-    lo = pair.to(tl.int16).to(DOT_DTYPE, bitcast=True)
-    hi = (pair >> 16).to(tl.int16).to(DOT_DTYPE, bitcast=True)
-    return lo, hi
+    return split_pairs(pair, DOT_DTYPE)
 
 
 @triton.jit
@@ -146,6 +203,25 @@ def _scale_in_dtype(s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _uint4_operands(rows: tl.constexpr, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr):
+    """The per-row pair operands of the uint4 PTX: minus (the magic number plus the zero point), and
+    the group scale (the offset again when not GROUPED: the PTX then reads no scale)."""
+    FP16: tl.constexpr = DOT_DTYPE == tl.float16
+    if HAS_ZERO:
+        offset = _pair_bits(-(z.to(tl.float32) + (1024.0 if FP16 else 128.0)), DOT_DTYPE)[:, None]
+    elif FP16:
+        offset = tl.full((rows, 1), _MINUS_1032_FP16, tl.int32)
+    else:
+        offset = tl.full((rows, 1), _MINUS_136_BF16, tl.int32)
+    if GROUPED:
+        scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
+    else:
+        scale = offset
+    return offset, scale
+
+
+@triton.jit
 def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
                  MODE: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of uint4 codes -> (low, high) [rows, HALF] values in DOT_DTYPE: code minus
@@ -154,16 +230,7 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
     byte = stored.to(tl.int32) & 0xFF
     if MODE == PAIRED_PTX:
         FP16: tl.constexpr = DOT_DTYPE == tl.float16
-        if HAS_ZERO:
-            offset = _pair_bits(-(z.to(tl.float32) + (1024.0 if FP16 else 128.0)), DOT_DTYPE)[:, None]
-        elif FP16:
-            offset = tl.full((stored.shape[0], 1), _MINUS_1032_FP16, tl.int32)
-        else:
-            offset = tl.full((stored.shape[0], 1), _MINUS_136_BF16, tl.int32)
-        if GROUPED:
-            scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
-        else:
-            scale = offset  # (not read: the PTX without a scale has no $3)
+        offset, scale = _uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
         if FP16 and GROUPED:
             lo, hi = _ptx_pair(_UINT4_FP16_GROUPED, byte, offset, scale, DOT_DTYPE)
         elif FP16:
@@ -186,13 +253,68 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
 
 
 @triton.jit
+def _word_ptx(asm: tl.constexpr, stored, a, b):
+    """Four int32 results per 32-bit word of ``stored`` (bytes): the PTX ``asm`` run once per word,
+    with the per-row pair operands ``a`` and ``b`` ([rows, 1] int32)."""
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [stored, a, b], dtype=tl.int32,
+                                     is_pure=True, pack=4)
+
+
+@triton.jit
+def paired_uint4_words(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr):
+    """[rows, HALF] bytes of uint4 codes in MMA-order words (quant/code_order.py) -> [rows, HALF]
+    int32 pairs, pair j of each word where its byte j is (as paired_uint4 makes them: code minus the
+    zero point, times the group scale when GROUPED). PTX only (the GPU)."""
+    FP16: tl.constexpr = DOT_DTYPE == tl.float16
+    offset, scale = _uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
+    if FP16 and GROUPED:
+        return _word_ptx(_UINT4_WORD_FP16_GROUPED, stored, offset, scale)
+    elif FP16:
+        return _word_ptx(_UINT4_WORD_FP16, stored, offset, scale)
+    elif GROUPED:
+        return _word_ptx(_UINT4_WORD_BF16_GROUPED, stored, offset, scale)
+    else:
+        return _word_ptx(_UINT4_WORD_BF16, stored, offset, scale)
+
+
+@triton.jit
+def _e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The per-row pair operands of the e2m1 PTX: the factor the code bits leave out (2**126; 2**117
+    for e4m3 scales), and the scale. An e8m0 scale's bf16 pair straight from its bits: the byte is
+    the bf16 exponent (byte 0, 2**-127, is the subnormal 0x0040: the maximum keeps it; byte 255,
+    NaN, becomes infinity); 3 instructions a row where the fp32 route took 9."""
+    factor = tl.full((rows, 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
+    if SFMT == 1:
+        scale = tl.maximum((s.to(tl.int32) & 0xFF) * 0x00800080, 0x00400040)[:, None]
+    else:
+        scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
+    return factor, scale
+
+
+@triton.jit
 def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
     scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
-    scale = _pair_bits(plain_scale_values(s, SFMT), DOT_DTYPE)[:, None]
-    factor = tl.full((stored.shape[0], 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
+    factor, scale = _e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
     byte = stored.to(tl.int32) & 0xFF
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)
+
+
+@triton.jit
+def paired_e2m1_words(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """paired_e2m1 for codes in MMA-order words: [rows, HALF] int32 pairs, pair j of each word where
+    its byte j is."""
+    factor, scale = _e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
+    return _word_ptx(_E2M1_WORD_BF16, stored, factor, scale)
+
+
+@triton.jit
+def split_pairs(pairs, DOT_DTYPE: tl.constexpr):
+    """int32 pairs -> their (low, high) halves as DOT_DTYPE values."""
+    lo = pairs.to(tl.int16).to(DOT_DTYPE, bitcast=True)
+    hi = (pairs >> 16).to(tl.int16).to(DOT_DTYPE, bitcast=True)
+    return lo, hi
 
 
 @triton.jit

@@ -32,10 +32,47 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.paired_dequant import PAIRED_OFF, paired_e2m1, paired_int8, paired_uint4
+from moekit.triton_ops.paired_dequant import (PAIRED_OFF, PAIRED_PTX, paired_e2m1, paired_e2m1_words, paired_int8,
+                                               paired_uint4, paired_uint4_words, split_pairs)
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
 from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, scale_values,
                                                step_scales)
+
+
+@triton.jit
+def _load_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EVEN_K: tl.constexpr):
+    """The stored [BLOCK_N, HALF] codes (bytes for packed formats) from stored column ``first``, as
+    stored; ``ptrs`` point at column 0 of the tile's rows."""
+    if EVEN_K:
+        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None], other=0)
+    else:
+        kk = first + tl.arange(0, HALF)
+        return tl.load(ptrs + first * stride_k, mask=row_ok[:, None] & (kk < stored_k)[None, :], other=0)
+
+
+@triton.jit
+def _runs_in_plain_order(x):
+    """[rows, HALF] values in the byte order of quant/code_order.py's runs (value 4q + 2c + h of a run
+    belongs to plain byte 8c + 4h + q) -> plain order, by a reshape and a permute that cost no
+    instruction (a thread's four values of a run are one word of the stored tile)."""
+    rows: tl.constexpr = x.shape[0]
+    half: tl.constexpr = x.shape[1]
+    runs = tl.reshape(x, (rows, half // 16, 4, 2, 2))  # [rows, run, q, c, h]
+    return tl.reshape(tl.permute(runs, (0, 1, 3, 4, 2)), (rows, half))  # [rows, run, c, h, q]
+
+
+@triton.jit
+def _word_pairs_as_bytes(stored):
+    """[rows, HALF] bytes of MMA-order words (pair j's low code in nibble j, its high code in nibble
+    4 + j) -> [rows, HALF] bytes, byte j of each word holding pair j as a plain byte (low code in the
+    low nibble). For the routes that dequantize plain bytes (the fp32 route, the interpreter)."""
+    rows: tl.constexpr = stored.shape[0]
+    half: tl.constexpr = stored.shape[1]
+    b = stored.to(tl.int32) & 0xFF
+    low_codes, high_codes = tl.split(tl.permute(tl.reshape(b, (rows, half // 4, 2, 2)), (0, 1, 3, 2)))
+    even = (low_codes & 0xF) | ((high_codes & 0xF) << 4)  # pairs 0 and 2 of the word
+    odd = (low_codes >> 4) | (high_codes & 0xF0)  # pairs 1 and 3
+    return tl.reshape(tl.join(even, odd), (rows, half)).to(stored.dtype)
 
 
 @triton.jit
@@ -43,18 +80,10 @@ def _stored_rows(ptrs, row_ok, first, stored_k, stride_k, HALF: tl.constexpr, EV
                  MMA_ORDER: tl.constexpr = False):
     """The stored [BLOCK_N, HALF] codes (bytes for packed formats) from stored column ``first``, in
     plain order; ``ptrs`` point at column 0 of the tile's rows. MMA_ORDER: packed codes stored in
-    quant/code_order.py's runs of 16 bytes (stored byte 4q + 2c + h = plain byte 8c + 4h + q), put
-    back in plain order by a reshape and a permute that cost no instruction (a thread's four bytes
-    of a run come in by one wide load instead of four byte loads)."""
-    if EVEN_K:
-        stored = tl.load(ptrs + first * stride_k, mask=row_ok[:, None], other=0)
-    else:
-        kk = first + tl.arange(0, HALF)
-        stored = tl.load(ptrs + first * stride_k, mask=row_ok[:, None] & (kk < stored_k)[None, :], other=0)
+    quant/code_order.py's order, put back in plain order."""
+    stored = _load_rows(ptrs, row_ok, first, stored_k, stride_k, HALF, EVEN_K)
     if MMA_ORDER:
-        rows: tl.constexpr = stored.shape[0]
-        runs = tl.reshape(stored, (rows, HALF // 16, 4, 2, 2))  # [rows, run, q, c, h]
-        stored = tl.reshape(tl.permute(runs, (0, 1, 3, 4, 2)), (rows, HALF))  # [rows, run, c, h, q]
+        stored = _runs_in_plain_order(_word_pairs_as_bytes(stored))
     return stored
 
 
@@ -98,7 +127,15 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
     else:
         s, _s1, z, _z1 = step_scales(s_base, z_base, rows, row_ok, k0, K, stride_sn, stride_sk, GROUP_K, HAS_ZERO,
                                      BLOCK_K)
-    if WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
+    if WFMT >= 2 and MMA_ORDER and PAIRED == PAIRED_PTX:  # whole words of the stored tile, then plain order
+        stored = _load_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
+        if WFMT == 2:
+            pairs = paired_uint4_words(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, DOT_DTYPE)
+        else:
+            pairs = paired_e2m1_words(stored, s, SFMT, DOT_DTYPE)
+        lo, hi = split_pairs(_runs_in_plain_order(pairs), DOT_DTYPE)
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    elif WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
         stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K, MMA_ORDER)
         if PAIRED != PAIRED_OFF and WFMT == 2:
             lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
