@@ -78,3 +78,23 @@ def test_swapped_loop_retires_its_wgmmas_before_writing_operand_registers(tmp_pa
         assert loops, f"{name}: no K loop found"
         for head in loops:
             assert "wgmma.wait_group.sync.aligned 0;" in head, f"{name}: a K loop reads shared memory before the wait"
+
+
+def _layouts(ttgir: str) -> dict[str, str]:
+    return dict(re.findall(r"^#(\w+) = (.*)$", ttgir, flags=re.M))
+
+
+def test_word_ptx_gets_the_bytes_in_the_order_it_assumes(tmp_path):
+    # paired_dequant's word PTX reads four bytes packed as [row r byte 2i, row r+8 byte 2i, row r
+    # byte 2i+1, row r+8 byte 2i+1]: the first two register bases of its operand's layout must be
+    # row + 8, then column + 1 (quant/code_order.py). A Triton that packs otherwise fails here.
+    for scheme in ("w4a16-g32", "mxfp4"):
+        done = _asm("--shape", "8,2,256,128", "--quant", scheme, "--tokens", "64", tmp_path=tmp_path / scheme)
+        assert done.returncode == 0, done.stderr
+        for name in ("gemm1_quant", "gemm2_quant"):
+            ttgir = next(p for p in (tmp_path / scheme).iterdir() if p.name.endswith(f"{name}.ttgir")).read_text()
+            layouts = _layouts(ttgir)
+            operands = re.findall(r"elementwise_inline_asm .*packed_element = 4 .*?: tensor<\d+x\d+xi8, #(\w+)>", ttgir)
+            assert operands, f"{scheme} {name}: no word PTX"
+            for layout in operands:
+                assert re.search(r"register = \[\[8, 0\], \[0, 1\]", layouts[layout]), layouts[layout]

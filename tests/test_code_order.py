@@ -20,8 +20,8 @@ from test_weight_only_gemv import gemv_tiles
 
 
 def test_stored_nibble_of_each_plain_code():
-    # within each 16-byte run, plain byte 8c + 4h + q is pair j = 2c + h of word q (bytes 4q..4q+3):
-    # its low code at nibble j of the word, its high code at nibble 4 + j
+    # within each 16-byte run, plain byte 8c + 4h + q is pair x = 2c + h of word q (bytes 4q..4q+3):
+    # its low code at nibble 4c + h of the word, its high code at nibble 4c + h + 2
     data = torch.randint(0, 256, (2, 48), dtype=torch.uint8)
     mma = to_mma_order(data)
     for row in range(2):
@@ -30,10 +30,9 @@ def test_stored_nibble_of_each_plain_code():
                 word = sum(int(mma[row, 16 * run + 4 * q + i]) << (8 * i) for i in range(4))
                 for c in range(2):
                     for h in range(2):
-                        j = 2 * c + h
-                        plain = int(data[row, 16 * run + 8 * c + 4 * h + q])
-                        assert word >> (4 * j) & 0xF == plain & 0xF
-                        assert word >> (4 * (4 + j)) & 0xF == plain >> 4
+                        plain_byte = int(data[row, 16 * run + 8 * c + 4 * h + q])
+                        assert word >> (4 * (4 * c + h)) & 0xF == plain_byte & 0xF
+                        assert word >> (4 * (4 * c + h + 2)) & 0xF == plain_byte >> 4
     assert torch.equal(to_plain_order(mma), data)
     assert not torch.equal(mma, data)
 

@@ -15,8 +15,9 @@ import triton.language as tl
 from moekit.quant import formats
 import ptx_sim
 from moekit.quant.code_order import to_mma_order
-from moekit.triton_ops.paired_dequant import (PAIRED_EMULATED, PAIRED_PTX, paired_e2m1, paired_e2m1_words, paired_int8,
-                                              paired_uint4, paired_uint4_words, split_pairs)
+from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, PAIRED_EMULATED, PAIRED_PTX, e2m1_operands, paired_e2m1,
+                                              paired_int8, paired_uint4, split_pairs, uint4_operands, uint4_word_ptx,
+                                              word_ptx)
 from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order
 
 ROWS, COLS = 16, 32
@@ -39,19 +40,39 @@ def _pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS:
 
 
 @triton.jit
+def _in_operand_order(x):
+    """[16, COLS] -> the order in which Triton packs four bytes of the wgmma operand into a register
+    (row r byte 2i, row r + 8 byte 2i, row r byte 2i + 1, row r + 8 byte 2i + 1), so that the
+    simulator's packs of four consecutive elements are the GPU's."""
+    cols: tl.constexpr = x.shape[1]
+    return tl.permute(tl.reshape(x, (2, 8, cols // 4, 2, 2)), (1, 2, 3, 4, 0))  # [r % 8, word, i, byte, r // 8]
+
+
+@triton.jit
+def _from_operand_order(x, COLS: tl.constexpr):
+    return tl.reshape(tl.permute(x, (4, 0, 1, 2, 3)), (16, COLS))
+
+
+@triton.jit
 def _word_pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS: tl.constexpr,
                        E2M1: tl.constexpr, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr):
-    """As the swapped loop reads codes in MMA order: whole words through the PTX, then plain order."""
+    """As the swapped loop reads codes in MMA order: four bytes of the operand per PTX call, then
+    plain order."""
     r = tl.arange(0, ROWS)
     offs = r[:, None] * COLS + tl.arange(0, COLS)[None, :]
     stored = tl.load(b_ptr + offs)
     s = tl.load(s_ptr + r)
     dtype = lo_ptr.dtype.element_ty
+    full = (ROWS, COLS)
     if E2M1:
-        pairs = paired_e2m1_words(stored, s, SFMT, dtype)
+        a, b = e2m1_operands(ROWS, s, SFMT, dtype)
+        pairs = word_ptx(E2M1_WORD_BF16, _in_operand_order(stored), _in_operand_order(tl.broadcast_to(a, full)),
+                         _in_operand_order(tl.broadcast_to(b, full)))
     else:
-        pairs = paired_uint4_words(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, dtype)
-    lo, hi = split_pairs(_runs_in_plain_order(pairs), dtype)
+        a, b = uint4_operands(ROWS, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, dtype)
+        pairs = uint4_word_ptx(_in_operand_order(stored), _in_operand_order(tl.broadcast_to(a, full)),
+                               _in_operand_order(tl.broadcast_to(b, full)), GROUPED, dtype)
+    lo, hi = split_pairs(_runs_in_plain_order(_from_operand_order(pairs, COLS)), dtype)
     tl.store(lo_ptr + offs, lo)
     tl.store(hi_ptr + offs, hi)
 

@@ -28,25 +28,6 @@ def test_e2m1_pairs_ptx(sfmt):
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 
 
-@pytest.mark.parametrize("sfmt", [1, 2])
-def test_e2m1_word_pairs_ptx(sfmt):
-    stored = torch.randint(0, 256, (cpu.ROWS, cpu.COLS), dtype=torch.uint8, device="cuda")
-    scale = cpu.e2m1_scales(sfmt).cuda()
-    lo, hi = cpu.run_word_pairs(stored, scale, scale, torch.bfloat16, e2m1=True, sfmt=sfmt)
-    want_lo, want_hi = cpu.e2m1_expected(stored, scale, torch.bfloat16, sfmt)
-    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("has_zero", [False, True])
-@pytest.mark.parametrize("grouped", [False, True])
-def test_uint4_word_pairs_ptx(dtype, has_zero, grouped):
-    stored, scale, zero = cpu.uint4_inputs("cuda")
-    lo, hi = cpu.run_word_pairs(stored, scale, zero, dtype, has_zero=has_zero, grouped=grouped)
-    want_lo, want_hi = cpu.uint4_expected(stored, scale, zero, dtype, has_zero, grouped)
-    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("has_zero", [False, True])
 @pytest.mark.parametrize("grouped", [False, True])

@@ -11,12 +11,14 @@ bytes back in plain order with a reshape and a permute, which Triton lowers to n
 539 instructions per step instead of 620, no spills; gemm2 140 registers instead of 192).
 
 Within a run, stored bytes ``4q .. 4q + 3`` (thread q's 32-bit word) hold the plain bytes ``8c + 4h +
-q`` (q < 4, c < 2, h < 2), pair ``j = 2c + h`` of the word, nibble by nibble: pair j's low code
-(its even K column) is nibble j of the word (bits 4j..4j+3), its high code nibble 4 + j. Why the
-nibbles move too (sm90 SASS): a bf16 pair register then comes out of the whole word by one shift
-and one mask for both of its halves (the pair's codes lie 16 bits apart, as its two values do),
-where a byte per pair first had to be taken out of the word (a PRMT per pair) and spread apart
-(paired_dequant.py). A run lies inside one scale group when groups hold at least
+q`` (q < 4, c < 2, h < 2) as pairs ``j = 2c + h`` of the word, nibble by nibble: byte 2i holds the
+low codes (even K columns) of pairs 2i and 2i + 1, byte 2i + 1 their high codes. Why the nibbles
+move too (sm90 SASS, TTGIR): Triton hands inline PTX four of a thread's bytes at once (``pack=4``)
+in the wgmma operand's register order, which is bytes 2i and 2i + 1 of the thread's words of rows r
+and r + 8: [r 2i, r+8 2i, r 2i+1, r+8 2i+1]. With this order each pair's two codes lie 16 bits
+apart in that register, so one shift and one mask make a pair's two 16-bit values at once
+(paired_dequant.py), where a byte per pair first had to be taken out (a PRMT per pair) and spread
+apart. A run lies inside one scale group when groups hold at least
 32 codes or span K (w4a16 g32/g64/g128 and per channel, mxfp4), so scales, zero points and
 everything else keep their plain layout. nvfp4's 16-code groups, act-order (g_idx) and K not a
 multiple of 32 stay plain.
@@ -66,21 +68,20 @@ def to_plain_order(data: torch.Tensor) -> torch.Tensor:
 
 
 def _nibbles_to_words(pairs: torch.Tensor) -> torch.Tensor:
-    """Bytes [..., 4n] of two codes each (pair j of a word: low code, high code) -> words whose
-    nibble j holds pair j's low code and nibble 4 + j its high code."""
+    """Bytes [..., 4n] of two codes each (pairs 0-3 of a word: low code, high code) -> words whose
+    bytes 0 and 1 hold pairs 0 and 1 (byte 0 their low codes, byte 1 their high codes: nibbles 0-3
+    = 0 lo, 1 lo, 0 hi, 1 hi), bytes 2 and 3 pairs 2 and 3 alike."""
     p = pairs.reshape(*pairs.shape[:-1], -1, 4).to(torch.int32) & 0xFF
-    low, high = p & 0xF, p >> 4
-    words = [low[..., 0] | low[..., 1] << 4, low[..., 2] | low[..., 3] << 4,
-             high[..., 0] | high[..., 1] << 4, high[..., 2] | high[..., 3] << 4]
+    words = [p[..., 0] & 0xF | (p[..., 1] & 0xF) << 4, p[..., 0] >> 4 | p[..., 1] & 0xF0,
+             p[..., 2] & 0xF | (p[..., 3] & 0xF) << 4, p[..., 2] >> 4 | p[..., 3] & 0xF0]
     return torch.stack(words, -1).to(pairs.dtype).reshape(pairs.shape)
 
 
 def _words_to_nibbles(words: torch.Tensor) -> torch.Tensor:
     """The inverse of ``_nibbles_to_words``."""
     w = words.reshape(*words.shape[:-1], -1, 4).to(torch.int32) & 0xFF
-    low = [w[..., 0] & 0xF, w[..., 0] >> 4, w[..., 1] & 0xF, w[..., 1] >> 4]
-    high = [w[..., 2] & 0xF, w[..., 2] >> 4, w[..., 3] & 0xF, w[..., 3] >> 4]
-    pairs = [lo | hi << 4 for lo, hi in zip(low, high)]
+    pairs = [w[..., 0] & 0xF | (w[..., 1] & 0xF) << 4, w[..., 0] >> 4 | w[..., 1] & 0xF0,
+             w[..., 2] & 0xF | (w[..., 3] & 0xF) << 4, w[..., 2] >> 4 | w[..., 3] & 0xF0]
     return torch.stack(pairs, -1).to(words.dtype).reshape(words.shape)
 
 

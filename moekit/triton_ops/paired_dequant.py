@@ -96,22 +96,28 @@ mov.b32 $0, t;
 }""")
 
 
+# Which output ($0-$3) of the word PTX the codes at bit 4i of its register make, and the per-row
+# operands it reads ($5-$8, $9-$12): Triton packs four bytes in the wgmma operand's register order,
+# [row r byte 2i, row r+8 byte 2i, row r byte 2i+1, row r+8 byte 2i+1] (quant/code_order.py), so
+# bits 0 and 4 hold row r's two pairs (outputs 0 and 2) and bits 8 and 12 row r+8's (outputs 1, 3).
+_WORD_OUTPUT_AT_BIT = {0: 0, 4: 2, 8: 1, 12: 3}
+
+
 def _uint4_word_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
-    """$0..$3 = the (low, high) pairs 0..3 of the MMA-order word $4 (pair j's codes at nibbles j and
-    4 + j: one shift and one mask make both halves); $5 = minus (the magic number plus the zero
-    point), $9 = the scale, each in both halves ($6-$8, $10-$12: the same row's copies)."""
+    """$0..$3 = the (low, high) pairs of the four bytes packed in $4 (MMA order, see above: a pair's
+    codes at bits p and 16 + p, one shift and one mask make both halves); $5..$8 = minus (the magic
+    number plus the zero point), $9..$12 = the scale, each output's own, in both halves."""
     kind = "f16x2" if fp16 else "bf16x2"
     steps = []
-    for j in range(4):
-        word = "$4" if j == 0 else "t"
-        if j:
-            steps.append(f"shr.b32 t, $4, {4 * j};")
-        steps.append(f"lop3.b32 t, {word}, m, c, 0xEA;")
+    for bit, out in _WORD_OUTPUT_AT_BIT.items():
+        if bit:
+            steps.append(f"shr.b32 t, $4, {bit};")
+        steps.append(f"lop3.b32 t, {'t' if bit else '$4'}, m, c, 0xEA;")
         if grouped:
-            steps.append(f"fma.rn.{kind} t, t, one, $5;")
-            steps.append(f"fma.rn.{kind} ${j}, t, $9, nz;")
+            steps.append(f"fma.rn.{kind} t, t, one, ${5 + out};")
+            steps.append(f"fma.rn.{kind} ${out}, t, ${9 + out}, nz;")
         else:
-            steps.append(f"fma.rn.{kind} ${j}, t, one, $5;")
+            steps.append(f"fma.rn.{kind} ${out}, t, one, ${5 + out};")
     body = "\n".join(steps)
     return tl.constexpr(f"""{{
 .reg .b32 t, m, c, one, nz;
@@ -123,27 +129,21 @@ mov.b32 nz, 0x80008000;
 }}""")
 
 
-_UINT4_WORD_BF16 = _uint4_word_ptx(False, False)
-_UINT4_WORD_BF16_GROUPED = _uint4_word_ptx(False, True)
-_UINT4_WORD_FP16 = _uint4_word_ptx(True, False)
-_UINT4_WORD_FP16_GROUPED = _uint4_word_ptx(True, True)
-
-
 def _e2m1_word_ptx() -> tl.constexpr:
-    """$0..$3 = the bf16 pairs 0..3 of the MMA-order word $4 times $5 (2**126 or 2**117) times $9
-    (the scale): pair j's magnitudes moved to bits 6-8 and 22-24, its signs to bits 15 and 31, each
-    by one shift of the whole word (the pair's codes lie 16 bits apart, as its halves do)."""
+    """$0..$3 = the bf16 pairs of the four bytes packed in $4 (as the uint4 word PTX) times $5..$8
+    (2**126 or 2**117) times $9..$12 (the scale): a pair's magnitudes moved to bits 6-8 and 22-24,
+    its signs to bits 15 and 31, each by one shift of the whole register."""
     steps = []
-    for j in range(4):
-        magnitude = 6 - 4 * j
+    for bit, out in _WORD_OUTPUT_AT_BIT.items():
+        magnitude = 6 - bit
         steps.append(f"shl.b32 a, $4, {magnitude};" if magnitude > 0 else f"shr.b32 a, $4, {-magnitude};")
         steps.append("and.b32 a, a, 0x01C001C0;")
-        sign = 12 - 4 * j
+        sign = 12 - bit
         if sign:
             steps.append(f"shl.b32 b, $4, {sign};")
         steps.append(f"lop3.b32 t, {'b' if sign else '$4'}, nz, a, 0xEA;")
-        steps.append("fma.rn.bf16x2 t, t, $5, nz;")
-        steps.append(f"fma.rn.bf16x2 ${j}, t, $9, nz;")
+        steps.append(f"fma.rn.bf16x2 t, t, ${5 + out}, nz;")
+        steps.append(f"fma.rn.bf16x2 ${out}, t, ${9 + out}, nz;")
     body = "\n".join(steps)
     return tl.constexpr(f"""{{
 .reg .b32 a, b, t, nz;
@@ -152,7 +152,11 @@ mov.b32 nz, 0x80008000;
 }}""")
 
 
-_E2M1_WORD_BF16 = _e2m1_word_ptx()
+UINT4_WORD_BF16 = _uint4_word_ptx(False, False)
+UINT4_WORD_BF16_GROUPED = _uint4_word_ptx(False, True)
+UINT4_WORD_FP16 = _uint4_word_ptx(True, False)
+UINT4_WORD_FP16_GROUPED = _uint4_word_ptx(True, True)
+E2M1_WORD_BF16 = _e2m1_word_ptx()
 
 
 @triton.constexpr_function
@@ -203,7 +207,7 @@ def _scale_in_dtype(s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _uint4_operands(rows: tl.constexpr, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
+def uint4_operands(rows: tl.constexpr, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
                     DOT_DTYPE: tl.constexpr):
     """The per-row pair operands of the uint4 PTX: minus (the magic number plus the zero point), and
     the group scale (the offset again when not GROUPED: the PTX then reads no scale)."""
@@ -230,7 +234,7 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
     byte = stored.to(tl.int32) & 0xFF
     if MODE == PAIRED_PTX:
         FP16: tl.constexpr = DOT_DTYPE == tl.float16
-        offset, scale = _uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
+        offset, scale = uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
         if FP16 and GROUPED:
             lo, hi = _ptx_pair(_UINT4_FP16_GROUPED, byte, offset, scale, DOT_DTYPE)
         elif FP16:
@@ -253,9 +257,9 @@ def paired_uint4(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SF
 
 
 @triton.jit
-def _word_ptx(asm: tl.constexpr, stored, a, b):
-    """Four int32 results per 32-bit word of ``stored`` (bytes): the PTX ``asm`` run once per word,
-    with the per-row pair operands ``a`` and ``b`` ([rows, 1] int32)."""
+def word_ptx(asm: tl.constexpr, stored, a, b):
+    """Four int32 results per four bytes of ``stored`` packed into a register: the PTX ``asm`` run
+    once per register, with the per-row pair operands ``a`` and ``b`` (int32, broadcast)."""
     return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [stored, a, b], dtype=tl.int32,
                                      is_pure=True, pack=4)
 
@@ -263,23 +267,29 @@ def _word_ptx(asm: tl.constexpr, stored, a, b):
 @triton.jit
 def paired_uint4_words(stored, s, z, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
                        DOT_DTYPE: tl.constexpr):
-    """[rows, HALF] bytes of uint4 codes in MMA-order words (quant/code_order.py) -> [rows, HALF]
-    int32 pairs, pair j of each word where its byte j is (as paired_uint4 makes them: code minus the
-    zero point, times the group scale when GROUPED). PTX only (the GPU)."""
-    FP16: tl.constexpr = DOT_DTYPE == tl.float16
-    offset, scale = _uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
-    if FP16 and GROUPED:
-        return _word_ptx(_UINT4_WORD_FP16_GROUPED, stored, offset, scale)
-    elif FP16:
-        return _word_ptx(_UINT4_WORD_FP16, stored, offset, scale)
-    elif GROUPED:
-        return _word_ptx(_UINT4_WORD_BF16_GROUPED, stored, offset, scale)
-    else:
-        return _word_ptx(_UINT4_WORD_BF16, stored, offset, scale)
+    """[rows, HALF] bytes of uint4 codes in MMA-order words (quant/code_order.py), in the wgmma
+    operand's layout -> [rows, HALF] int32 pairs, pair j of each word where its byte j is (as
+    paired_uint4 makes them: code minus the zero point, times the group scale when GROUPED). PTX
+    only (the GPU); right only where Triton packs the bytes as _WORD_OUTPUT_AT_BIT says."""
+    offset, scale = uint4_operands(stored.shape[0], s, z, HAS_ZERO, GROUPED, SFMT, DOT_DTYPE)
+    return uint4_word_ptx(stored, offset, scale, GROUPED, DOT_DTYPE)
 
 
 @triton.jit
-def _e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def uint4_word_ptx(stored, offset, scale, GROUPED: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """word_ptx with the uint4 PTX for DOT_DTYPE, with or without the group scale."""
+    if DOT_DTYPE == tl.float16 and GROUPED:
+        return word_ptx(UINT4_WORD_FP16_GROUPED, stored, offset, scale)
+    elif DOT_DTYPE == tl.float16:
+        return word_ptx(UINT4_WORD_FP16, stored, offset, scale)
+    elif GROUPED:
+        return word_ptx(UINT4_WORD_BF16_GROUPED, stored, offset, scale)
+    else:
+        return word_ptx(UINT4_WORD_BF16, stored, offset, scale)
+
+
+@triton.jit
+def e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """The per-row pair operands of the e2m1 PTX: the factor the code bits leave out (2**126; 2**117
     for e4m3 scales), and the scale. An e8m0 scale's bf16 pair straight from its bits: the byte is
     the bf16 exponent (byte 0, 2**-127, is the subnormal 0x0040: the maximum keeps it; byte 255,
@@ -296,7 +306,7 @@ def _e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.cons
 def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
     scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
-    factor, scale = _e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
+    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
     byte = stored.to(tl.int32) & 0xFF
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)
 
@@ -305,8 +315,8 @@ def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
 def paired_e2m1_words(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """paired_e2m1 for codes in MMA-order words: [rows, HALF] int32 pairs, pair j of each word where
     its byte j is."""
-    factor, scale = _e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
-    return _word_ptx(_E2M1_WORD_BF16, stored, factor, scale)
+    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
+    return word_ptx(E2M1_WORD_BF16, stored, factor, scale)
 
 
 @triton.jit

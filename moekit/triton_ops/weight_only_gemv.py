@@ -109,10 +109,10 @@ def _operand_position(cols, EPW: tl.constexpr, WPS: tl.constexpr, MMA_ORDER: tl.
     SLOT: tl.constexpr = EPW * WPS
     BLOCK: tl.constexpr = PERM_SLOTS * SLOT
     in_block = cols % BLOCK
-    if MMA_ORDER:  # plain byte b = 8c + 4h + q of the run is pair 2c + h of word q, its codes at
-        b = (in_block % SLOT) // 2  # nibbles 2c + h (low) and 4 + 2c + h (high)
+    if MMA_ORDER:  # plain byte b = 8c + 4h + q of the run is pair x = 2c + h of word q, its low code
+        b = (in_block % SLOT) // 2  # at nibble 4c + h, its high code at nibble 4c + h + 2
         word = b % 4
-        j = (b // 8) * 2 + (b // 4) % 2 + 4 * (cols % 2)
+        j = (b // 8) * 4 + (b // 4) % 2 + 2 * (cols % 2)
     else:
         word = (in_block % SLOT) // EPW
         j = cols % EPW

@@ -63,13 +63,14 @@ def _runs_in_plain_order(x):
 
 @triton.jit
 def _word_pairs_as_bytes(stored):
-    """[rows, HALF] bytes of MMA-order words (pair j's low code in nibble j, its high code in nibble
-    4 + j) -> [rows, HALF] bytes, byte j of each word holding pair j as a plain byte (low code in the
-    low nibble). For the routes that dequantize plain bytes (the fp32 route, the interpreter)."""
+    """[rows, HALF] bytes in MMA order (quant/code_order.py: byte 2i of a word holds the low codes of
+    pairs 2i and 2i + 1, byte 2i + 1 their high codes) -> [rows, HALF] bytes, byte j of each word
+    holding pair j as a plain byte (low code in the low nibble). For the routes that dequantize
+    plain bytes (the fp32 route, the interpreter)."""
     rows: tl.constexpr = stored.shape[0]
     half: tl.constexpr = stored.shape[1]
     b = stored.to(tl.int32) & 0xFF
-    low_codes, high_codes = tl.split(tl.permute(tl.reshape(b, (rows, half // 4, 2, 2)), (0, 1, 3, 2)))
+    low_codes, high_codes = tl.split(tl.reshape(b, (rows, half // 2, 2)))
     even = (low_codes & 0xF) | ((high_codes & 0xF) << 4)  # pairs 0 and 2 of the word
     odd = (low_codes >> 4) | (high_codes & 0xF0)  # pairs 1 and 3
     return tl.reshape(tl.join(even, odd), (rows, half)).to(stored.dtype)
