@@ -43,16 +43,22 @@ PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the int
 PAIRED_PTX = tl.constexpr(2)  # the pair numerics by inline PTX (the GPU)
 
 
+def _uint4_registers(fp16: bool) -> str:
+    """The uint4 PTX's registers: t, the nibble mask m, the magic number c (128 in bf16, 1024 in
+    fp16: the bits the codes are or-ed into), one, and nz (-0, the fma's addend for a product)."""
+    return f""".reg .b32 t, m, c, one, nz;
+mov.b32 m, 0x000F000F;
+mov.b32 c, {"0x64006400" if fp16 else "0x43004300"};
+mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
+mov.b32 nz, 0x80008000;"""
+
+
 def _uint4_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
     """$0 = the (low, high) pair of byte $1; $2 = minus (the magic number plus the zero
     point), $3 = the scale, each in both halves."""
     kind = "f16x2" if fp16 else "bf16x2"
     return tl.constexpr(f"""{{
-.reg .b32 t, m, c, one, nz;
-mov.b32 m, 0x000F000F;
-mov.b32 c, {"0x64006400" if fp16 else "0x43004300"};
-mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
-mov.b32 nz, 0x80008000;
+{_uint4_registers(fp16)}
 mul.lo.u32 t, $1, 4097;
 lop3.b32 t, t, m, c, 0xEA;
 fma.rn.{kind} t, t, one, $2;
@@ -120,11 +126,7 @@ def _uint4_word_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
             steps.append(f"fma.rn.{kind} ${out}, t, one, ${5 + out};")
     body = "\n".join(steps)
     return tl.constexpr(f"""{{
-.reg .b32 t, m, c, one, nz;
-mov.b32 m, 0x000F000F;
-mov.b32 c, {"0x64006400" if fp16 else "0x43004300"};
-mov.b32 one, {"0x3C003C00" if fp16 else "0x3F803F80"};
-mov.b32 nz, 0x80008000;
+{_uint4_registers(fp16)}
 {body}
 }}""")
 
