@@ -189,27 +189,9 @@ def test_int8_pairs_ptx_simulated(dtype, has_zero, grouped):
     assert torch.equal(got, int8_expected(codes, scale, zero, dtype, has_zero, grouped))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("has_zero", [False, True])
-@pytest.mark.parametrize("grouped", [False, True])
-def test_uint4_pairs_ptx_simulated(dtype, has_zero, grouped):
-    stored, scale, zero = uint4_inputs()
-    if dtype == torch.bfloat16:
-        scale = scale.bfloat16().float()  # the interpreter's fp32 -> bf16 casts truncate
-    with ptx_sim.patched_interpreter():
-        lo, hi = run_pairs(stored, scale, zero, dtype, PAIRED_PTX.value, has_zero=has_zero, grouped=grouped)
-    want_lo, want_hi = uint4_expected(stored, scale, zero, dtype, has_zero, grouped)
-    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
-
-
-@pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4): every byte of codes
-def test_e2m1_pairs_ptx_simulated(sfmt):
-    stored = torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
-    scale = e2m1_scales(sfmt)
-    with ptx_sim.patched_interpreter():
-        lo, hi = run_pairs(stored, scale, scale, torch.bfloat16, PAIRED_PTX.value, e2m1=True, sfmt=sfmt)
-    want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
-    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+def every_byte():
+    """[ROWS, COLS] bytes of codes: every byte value, twice, shuffled."""
+    return torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
 
 
 def e2m1_scales(sfmt):
@@ -222,27 +204,34 @@ def e2m1_scales(sfmt):
     return torch.randint(0, 0x7F, (ROWS,), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("sfmt", [1, 2])
-def test_e2m1_word_pairs_ptx_simulated(sfmt):
-    # codes in MMA order: every byte of codes, as pairs of whole words, back in plain order
-    stored = torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
-    scale = e2m1_scales(sfmt)
+def simulated_pairs(words, stored, scale, zero, dtype, **kwargs):
+    """The PTX run by the simulator: a byte per call in plain order, or (``words``) the codes put in
+    MMA order and four bytes per call (run_word_pairs)."""
     with ptx_sim.patched_interpreter():
-        lo, hi = run_word_pairs(stored, scale, scale, torch.bfloat16, e2m1=True, sfmt=sfmt)
-    want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
-    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+        if words:
+            return run_word_pairs(stored, scale, zero, dtype, **kwargs)
+        return run_pairs(stored, scale, zero, dtype, PAIRED_PTX.value, **kwargs)
 
 
+@pytest.mark.parametrize("words", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("has_zero", [False, True])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_uint4_word_pairs_ptx_simulated(dtype, has_zero, grouped):
+def test_uint4_pairs_ptx_simulated(words, dtype, has_zero, grouped):
     stored, scale, zero = uint4_inputs()
     if dtype == torch.bfloat16:
         scale = scale.bfloat16().float()  # the interpreter's fp32 -> bf16 casts truncate
-    with ptx_sim.patched_interpreter():
-        lo, hi = run_word_pairs(stored, scale, zero, dtype, has_zero=has_zero, grouped=grouped)
+    lo, hi = simulated_pairs(words, stored, scale, zero, dtype, has_zero=has_zero, grouped=grouped)
     want_lo, want_hi = uint4_expected(stored, scale, zero, dtype, has_zero, grouped)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("words", [False, True])
+@pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4): every byte of codes
+def test_e2m1_pairs_ptx_simulated(words, sfmt):
+    stored, scale = every_byte(), e2m1_scales(sfmt)
+    lo, hi = simulated_pairs(words, stored, scale, scale, torch.bfloat16, e2m1=True, sfmt=sfmt)
+    want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 
 
