@@ -12,12 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
-from moekit.quant import formats
+import moekit
+from moekit.quant import METHODS, formats
 import ptx_sim
 from moekit.quant.code_order import to_mma_order
-from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, PAIRED_EMULATED, PAIRED_PTX, e2m1_operands, paired_e2m1,
-                                              paired_int8, paired_uint4, split_pairs, uint4_operands, uint4_word_ptx,
-                                              word_ptx)
+from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, E2M1_WORD_BF16_FOLDED, PAIRED_EMULATED, PAIRED_PTX,
+                                              PAIRED_PTX_FOLDED, e2m1_operands, paired_e2m1, paired_int8, paired_uint4,
+                                              split_pairs, uint4_operands, uint4_word_ptx, word_ptx)
 from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order
 
 ROWS, COLS = 16, 32
@@ -32,7 +33,7 @@ def _pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS:
     stored = tl.load(b_ptr + offs)
     s = tl.load(s_ptr + r)
     if E2M1:
-        lo, hi = paired_e2m1(stored, s, SFMT, lo_ptr.dtype.element_ty)
+        lo, hi = paired_e2m1(stored, s, SFMT, MODE, lo_ptr.dtype.element_ty)
     else:
         lo, hi = paired_uint4(stored, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, MODE, lo_ptr.dtype.element_ty)
     tl.store(lo_ptr + offs, lo)
@@ -55,7 +56,8 @@ def _from_operand_order(x, COLS: tl.constexpr):
 
 @triton.jit
 def _word_pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS: tl.constexpr,
-                       E2M1: tl.constexpr, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr):
+                       E2M1: tl.constexpr, HAS_ZERO: tl.constexpr, GROUPED: tl.constexpr, SFMT: tl.constexpr,
+                       FOLDED: tl.constexpr):
     """As the swapped loop reads codes in MMA order: four bytes of the operand per PTX call, then
     plain order."""
     r = tl.arange(0, ROWS)
@@ -65,9 +67,13 @@ def _word_pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, 
     dtype = lo_ptr.dtype.element_ty
     full = (ROWS, COLS)
     if E2M1:
-        a, b = e2m1_operands(ROWS, s, SFMT, dtype)
-        pairs = word_ptx(E2M1_WORD_BF16, _in_operand_order(stored), _in_operand_order(tl.broadcast_to(a, full)),
-                         _in_operand_order(tl.broadcast_to(b, full)))
+        a, b = e2m1_operands(ROWS, s, SFMT, dtype, FOLDED)
+        a = _in_operand_order(tl.broadcast_to(a, full))
+        b = _in_operand_order(tl.broadcast_to(b, full))
+        if FOLDED:
+            pairs = word_ptx(E2M1_WORD_BF16_FOLDED, _in_operand_order(stored), a, b)
+        else:
+            pairs = word_ptx(E2M1_WORD_BF16, _in_operand_order(stored), a, b)
     else:
         a, b = uint4_operands(ROWS, s, tl.load(z_ptr + r), HAS_ZERO, GROUPED, SFMT, dtype)
         pairs = uint4_word_ptx(_in_operand_order(stored), _in_operand_order(tl.broadcast_to(a, full)),
@@ -117,11 +123,12 @@ def run_pairs(stored, scale, zero, dtype, mode, e2m1=False, has_zero=False, grou
     return lo, hi
 
 
-def run_word_pairs(stored, scale, zero, dtype, e2m1=False, has_zero=False, grouped=True, sfmt=0):
+def run_word_pairs(stored, scale, zero, dtype, e2m1=False, has_zero=False, grouped=True, sfmt=0, folded=False):
     """Plain bytes ``stored`` put in MMA order (quant/code_order.py) and dequantized as words."""
     lo = torch.full(stored.shape, float("nan"), dtype=dtype, device=stored.device)
     hi = torch.full_like(lo, float("nan"))
-    _word_pairs_kernel[(1,)](to_mma_order(stored), scale, zero, lo, hi, ROWS, COLS, e2m1, has_zero, grouped, sfmt)
+    _word_pairs_kernel[(1,)](to_mma_order(stored), scale, zero, lo, hi, ROWS, COLS, e2m1, has_zero, grouped, sfmt,
+                             folded)
     return lo, hi
 
 
@@ -194,23 +201,26 @@ def every_byte():
     return torch.arange(256, dtype=torch.int16)[torch.randperm(256)].repeat(2).reshape(ROWS, COLS).to(torch.uint8)
 
 
-def e2m1_scales(sfmt):
-    """e8m0 bytes around 2**0 and byte 0 (2**-127, subnormal in bf16), or finite e4m3 bytes,
-    subnormals included (0x7F and 0xFF are NaN)."""
+def e2m1_scales(sfmt, folded=False):
+    """e8m0 bytes around 2**0 and byte 0 (2**-127, subnormal in bf16; with ``folded``, those of at
+    most 2, the largest included), or finite e4m3 bytes, subnormals included (0x7F and 0xFF are NaN)."""
     if sfmt == 1:
-        scale = torch.randint(110, 140, (ROWS,), dtype=torch.uint8)
+        scale = torch.randint(110, 129 if folded else 140, (ROWS,), dtype=torch.uint8)
         scale[3] = 0
+        if folded:
+            scale[5] = 128
         return scale
     return torch.randint(0, 0x7F, (ROWS,), dtype=torch.uint8)
 
 
-def simulated_pairs(words, stored, scale, zero, dtype, **kwargs):
+def simulated_pairs(words, stored, scale, zero, dtype, folded=False, **kwargs):
     """The PTX run by the simulator: a byte per call in plain order, or (``words``) the codes put in
-    MMA order and four bytes per call (run_word_pairs)."""
+    MMA order and four bytes per call (run_word_pairs); ``folded``: the PTX that takes e2m1's 2**126
+    from the e8m0 scale."""
     with ptx_sim.patched_interpreter():
         if words:
-            return run_word_pairs(stored, scale, zero, dtype, **kwargs)
-        return run_pairs(stored, scale, zero, dtype, PAIRED_PTX.value, **kwargs)
+            return run_word_pairs(stored, scale, zero, dtype, folded=folded, **kwargs)
+        return run_pairs(stored, scale, zero, dtype, (PAIRED_PTX_FOLDED if folded else PAIRED_PTX).value, **kwargs)
 
 
 @pytest.mark.parametrize("words", [False, True])
@@ -227,10 +237,10 @@ def test_uint4_pairs_ptx_simulated(words, dtype, has_zero, grouped):
 
 
 @pytest.mark.parametrize("words", [False, True])
-@pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4): every byte of codes
-def test_e2m1_pairs_ptx_simulated(words, sfmt):
-    stored, scale = every_byte(), e2m1_scales(sfmt)
-    lo, hi = simulated_pairs(words, stored, scale, scale, torch.bfloat16, e2m1=True, sfmt=sfmt)
+@pytest.mark.parametrize("sfmt, folded", [(1, False), (1, True), (2, False)])  # e8m0 (mxfp4), e4m3 (nvfp4)
+def test_e2m1_pairs_ptx_simulated(words, sfmt, folded):
+    stored, scale = every_byte(), e2m1_scales(sfmt, folded)
+    lo, hi = simulated_pairs(words, stored, scale, scale, torch.bfloat16, folded, e2m1=True, sfmt=sfmt)
     want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 
@@ -246,3 +256,28 @@ def test_the_simulated_ptx_catches_a_wrong_constant(monkeypatch):
         lo, _hi = run_pairs(stored, scale, zero, torch.bfloat16, PAIRED_PTX.value, grouped=False)
     want_lo, _ = uint4_expected(stored, scale, zero, torch.bfloat16, False, False)
     assert not torch.equal(lo, want_lo)
+
+
+def test_only_e8m0_scales_of_at_most_two_fold(monkeypatch):
+    # The folded PTX takes e2m1's 2**126 into the scale pair, which overflows bf16 above scale 2: the
+    # layer's Triton weights are marked once, at conversion, from the scales themselves.
+    from moekit.quant.spec import ScaleFormat
+    from moekit.triton_ops.quant_gemm import paired_mode
+
+    monkeypatch.setenv("MOEKIT_BACKEND", "triton")
+    torch.manual_seed(0)
+    layer = moekit.MoE(4, 2, 64, 64, quant="mxfp4", dtype=torch.bfloat16, device="cpu")
+    w13, w2 = torch.randn(4, 128, 64) / 8, torch.randn(4, 64, 64) / 8
+    layer.set_expert_weights(w13, w2)
+    assert layer.kernel.weights.w13.scales_at_most_two and layer.kernel.weights.w2.scales_at_most_two
+    layer.set_expert_weights(w13, w2 * 64)  # w2's scales reach 2**3: byte 130
+    assert int(layer.w2_scale.max()) > 128
+    assert layer.kernel.weights.w13.scales_at_most_two and not layer.kernel.weights.w2.scales_at_most_two
+    spec = METHODS["mxfp4"].spec
+    assert spec.scale_format is ScaleFormat.E8M0
+    assert paired_mode(spec, True, torch.bfloat16, True, True) == PAIRED_PTX_FOLDED.value
+    assert paired_mode(spec, True, torch.bfloat16, True, False) == PAIRED_PTX.value
+    assert paired_mode(METHODS["nvfp4"].spec, True, torch.bfloat16, True, True) == PAIRED_PTX.value  # e4m3
+    monkeypatch.setenv("MOEKIT_BACKEND", "reference")
+    layer.compose_kernel()
+    assert not layer.kernel.weights.w13.scales_at_most_two

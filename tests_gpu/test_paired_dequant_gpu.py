@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import test_paired_dequant as cpu  # tests/ is on sys.path (conftest)
-from moekit.triton_ops.paired_dequant import PAIRED_PTX
+from moekit.triton_ops.paired_dequant import PAIRED_PTX, PAIRED_PTX_FOLDED
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -19,11 +19,12 @@ def test_uint4_pairs_ptx(dtype, has_zero, grouped):
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 
 
-@pytest.mark.parametrize("sfmt", [1, 2])  # e8m0 (mxfp4), e4m3 (nvfp4)
-def test_e2m1_pairs_ptx(sfmt):
+@pytest.mark.parametrize("sfmt, folded", [(1, False), (1, True), (2, False)])  # e8m0 (mxfp4), e4m3 (nvfp4)
+def test_e2m1_pairs_ptx(sfmt, folded):
     stored = torch.randint(0, 256, (cpu.ROWS, cpu.COLS), dtype=torch.uint8, device="cuda")
-    scale = cpu.e2m1_scales(sfmt).cuda()
-    lo, hi = cpu.run_pairs(stored, scale, scale, torch.bfloat16, PAIRED_PTX.value, e2m1=True, sfmt=sfmt)
+    scale = cpu.e2m1_scales(sfmt, folded).cuda()
+    mode = PAIRED_PTX_FOLDED if folded else PAIRED_PTX
+    lo, hi = cpu.run_pairs(stored, scale, scale, torch.bfloat16, mode.value, e2m1=True, sfmt=sfmt)
     want_lo, want_hi = cpu.e2m1_expected(stored, scale, torch.bfloat16, sfmt)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
 

@@ -20,7 +20,7 @@ from moekit.experts.base import ExpertsBackend, ExpertWeights
 from moekit.experts.reference import ReferenceExperts
 from moekit.experts.triton_fused import TritonExperts
 from moekit.quant.code_order import mma_order_fits, to_mma_order, to_plain_order
-from moekit.quant.spec import QuantizedMatrix
+from moekit.quant.spec import QuantizedMatrix, ScaleFormat
 
 PRIORITY: tuple[type[ExpertsBackend], ...] = (TritonExperts, ReferenceExperts)
 
@@ -33,7 +33,18 @@ def convert_weights(backend: type[ExpertsBackend], weights: ExpertWeights, own_c
     # both matrices or neither: the decode GEMV writes gemm2's input in w13's order
     mma = backend is TritonExperts and mma_order_fits(weights.quant, weights.w13) and \
         mma_order_fits(weights.quant, weights.w2)
-    return dataclasses.replace(weights, w13=_in_order(weights.w13, mma), w2=_in_order(weights.w2, mma))
+    w13, w2 = _in_order(weights.w13, mma), _in_order(weights.w2, mma)
+    if backend is TritonExperts and weights.quant.scale_format is ScaleFormat.E8M0:
+        w13, w2 = _marked_small_scales(w13), _marked_small_scales(w2)
+    return dataclasses.replace(weights, w13=w13, w2=w2)
+
+
+@torch.no_grad()
+def _marked_small_scales(m: QuantizedMatrix) -> QuantizedMatrix:
+    """``m`` marked ``scales_at_most_two`` when every e8m0 byte is at most 128 (one host sync, at
+    conversion; the kernels then fold e2m1's 2**126 into the scale: paired_dequant.py)."""
+    small = bool((m.scale <= 128).all())
+    return dataclasses.replace(m, scales_at_most_two=small)
 
 
 @torch.no_grad()

@@ -17,6 +17,9 @@ columns; w13 is [E, 2I, H], w2 is [E, H, I]):
 - ``global_scale``: optional [E] fp32 multiplier of every scale (nvfp4).
 - ``mma_order``: 4-bit codes stored in the Triton backend's order within 16-byte runs of a row
   (quant/code_order.py); False (plain order) everywhere else.
+- ``scales_at_most_two``: every e8m0 scale byte is at most 128 (scale <= 2), checked once when the
+  Triton backend takes the weights: its e2m1 PTX may then fold the 2**126 that e2m1 bits leave out
+  into the scale (triton_ops/paired_dequant.py). False (unknown) everywhere else.
 
 Dequantized value: (code_value - zero) * scale[block] * global_scale.
 """
@@ -103,6 +106,7 @@ class QuantizedMatrix:
     g_idx: torch.Tensor | None = None
     global_scale: torch.Tensor | None = None
     mma_order: bool = False
+    scales_at_most_two: bool = False
 
     TENSORS: ClassVar[tuple[str, ...]] = ("data", "scale", "zero", "g_idx", "global_scale")  # in field order
 

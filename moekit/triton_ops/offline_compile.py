@@ -155,8 +155,9 @@ def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
 
     import torch
 
+    from moekit.experts import ExpertWeights, TritonExperts
+    from moekit.oracle.quantized import convert_weights
     from moekit.quant import method_for
-    from moekit.quant.code_order import in_mma_order, mma_order_fits
     from moekit.quant.scale_layout import word_padded
     from moekit.triton_ops.experts_kernels import fused_experts
     from moekit.triton_ops.launcher import capture_launches
@@ -175,10 +176,11 @@ def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
             return dataclasses.replace(m, **{f.name: _to_meta(getattr(m, f.name)) for f in dataclasses.fields(m)
                                             if isinstance(getattr(m, f.name), torch.Tensor)})
 
-        w13, w2 = method.quantize(torch.randn(1, rows, H)), method.quantize(torch.randn(1, H, I))
-        if mma_order_fits(spec, w13) and mma_order_fits(spec, w2):  # as the layer keeps them for Triton
-            w13, w2 = in_mma_order(w13), in_mma_order(w2)
-        w13, w2 = on_meta(w13), on_meta(w2)
+        # converted as the layer converts its own for Triton (4-bit codes in MMA order, scales marked)
+        converted = convert_weights(TritonExperts, ExpertWeights(method.quantize(torch.randn(1, rows, H)),
+                                                                 method.quantize(torch.randn(1, H, I)), quant=spec),
+                                    own_codes=True)
+        w13, w2 = on_meta(converted.w13), on_meta(converted.w2)
     b13, b2 = (torch.empty(1, rows, **meta), torch.empty(1, H, **meta)) if shape.bias else (None, None)
     x = torch.empty(tokens, H, **meta)
     ids = torch.empty(tokens, shape.top_k, device="meta", dtype=torch.int32)

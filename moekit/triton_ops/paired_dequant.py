@@ -16,7 +16,9 @@ the byte can become that register directly:
   22..24 and the sign bits at 15 and 31, making bf16 values 2**-126 times the codes' (the zero
   exponent lands on bf16 subnormals, which the pair instructions keep); one pair multiply by
   2**126 (2**117 for e4m3 scales: quant_formats.E4M3_E2M1_REST stays in the epilogue), one by the
-  scale. ~3 instructions per element.
+  scale. ~3 instructions per element. e8m0 scales of at most 2 (QuantizedMatrix.scales_at_most_two,
+  every real checkpoint's) take the 2**126 into their pair (PAIRED_PTX_FOLDED): one multiply a pair
+  fewer, and the scale pair is one multiply-add of its byte.
 - int8 (two neighbouring codes, pack=2): one byte permute puts code 0 at bit 0 and code 1 at bit
   16; two logic ops make the pairs (M + low 7 bits) and (M + 128 * sign bit) with M = 128 (bf16:
   0x4300) or 1024 (fp16: 0x6400), both exact; one pair fma takes their difference, the code itself
@@ -41,6 +43,7 @@ from moekit.triton_ops.weight_only_loop import plain_scale_values
 PAIRED_OFF = tl.constexpr(0)  # the fp32 route
 PAIRED_EMULATED = tl.constexpr(1)  # the pair numerics computed in fp32 (the interpreter)
 PAIRED_PTX = tl.constexpr(2)  # the pair numerics by inline PTX (the GPU)
+PAIRED_PTX_FOLDED = tl.constexpr(3)  # PAIRED_PTX, e2m1's 2**126 folded into e8m0 scales of at most 2
 
 
 def _uint4_registers(fp16: bool) -> str:
@@ -86,9 +89,13 @@ _MINUS_136_BF16 = _pair_constant(0xC308)  # -(128 + 8): the magic number plus th
 _MINUS_1032_FP16 = _pair_constant(0xE408)  # -(1024 + 8)
 _TWO_126_BF16 = _pair_constant(0x7E80)  # 2**126
 _TWO_117_BF16 = _pair_constant(0x7A00)  # 2**117
+_TWO_126_SCALE_BITS = tl.constexpr(126 * 0x00800080)  # added to an e8m0 exponent pair: times 2**126
 
-# $0 = the (low, high) bf16 pair of byte $1 times $2 (2**126 or 2**117) times $3 (the scale)
-_E2M1_BF16 = tl.constexpr("""{
+def _e2m1_ptx(folded: bool) -> tl.constexpr:
+    """$0 = the (low, high) bf16 pair of byte $1 times $2 (2**126 or 2**117) times $3 (the scale);
+    ``folded``: $3 (the scale times 2**126) only."""
+    factor = "" if folded else "fma.rn.bf16x2 t, t, $2, nz;"
+    return tl.constexpr(f"""{{
 .reg .b32 a, b, t, m, nz;
 mov.b32 m, 0x80008000;
 mov.b32 nz, 0x80008000;
@@ -96,10 +103,14 @@ mul.lo.u32 a, $1, 0x40040;
 mul.lo.u32 b, $1, 0x1001000;
 and.b32 a, a, 0x01C001C0;
 lop3.b32 t, b, m, a, 0xEA;
-fma.rn.bf16x2 t, t, $2, nz;
+{factor}
 fma.rn.bf16x2 t, t, $3, nz;
 mov.b32 $0, t;
-}""")
+}}""")
+
+
+_E2M1_BF16 = _e2m1_ptx(False)
+_E2M1_BF16_FOLDED = _e2m1_ptx(True)
 
 
 # Which output ($0-$3) of the word PTX the codes at bit 4i of its register make, and the per-row
@@ -131,10 +142,11 @@ def _uint4_word_ptx(fp16: bool, grouped: bool) -> tl.constexpr:
 }}""")
 
 
-def _e2m1_word_ptx() -> tl.constexpr:
+def _e2m1_word_ptx(folded: bool) -> tl.constexpr:
     """$0..$3 = the bf16 pairs of the four bytes packed in $4 (as the uint4 word PTX) times $5..$8
     (2**126 or 2**117) times $9..$12 (the scale): a pair's magnitudes moved to bits 6-8 and 22-24,
-    its signs to bits 15 and 31, each by one shift of the whole register."""
+    its signs to bits 15 and 31, each by one shift of the whole register. ``folded``: times $9..$12
+    only (the scale times 2**126; $5..$8 unread)."""
     steps = []
     for bit, out in _WORD_OUTPUT_AT_BIT.items():
         magnitude = 6 - bit
@@ -144,7 +156,8 @@ def _e2m1_word_ptx() -> tl.constexpr:
         if sign:
             steps.append(f"shl.b32 b, $4, {sign};")
         steps.append(f"lop3.b32 t, {'b' if sign else '$4'}, nz, a, 0xEA;")
-        steps.append(f"fma.rn.bf16x2 t, t, ${5 + out}, nz;")
+        if not folded:
+            steps.append(f"fma.rn.bf16x2 t, t, ${5 + out}, nz;")
         steps.append(f"fma.rn.bf16x2 ${out}, t, ${9 + out}, nz;")
     body = "\n".join(steps)
     return tl.constexpr(f"""{{
@@ -158,7 +171,8 @@ UINT4_WORD_BF16 = _uint4_word_ptx(False, False)
 UINT4_WORD_BF16_GROUPED = _uint4_word_ptx(False, True)
 UINT4_WORD_FP16 = _uint4_word_ptx(True, False)
 UINT4_WORD_FP16_GROUPED = _uint4_word_ptx(True, True)
-E2M1_WORD_BF16 = _e2m1_word_ptx()
+E2M1_WORD_BF16 = _e2m1_word_ptx(False)
+E2M1_WORD_BF16_FOLDED = _e2m1_word_ptx(True)
 
 
 @triton.constexpr_function
@@ -291,11 +305,16 @@ def uint4_word_ptx(stored, offset, scale, GROUPED: tl.constexpr, DOT_DTYPE: tl.c
 
 
 @triton.jit
-def e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLDED: tl.constexpr = False):
     """The per-row pair operands of the e2m1 PTX: the factor the code bits leave out (2**126; 2**117
     for e4m3 scales), and the scale. An e8m0 scale's bf16 pair straight from its bits: the byte is
     the bf16 exponent (byte 0, 2**-127, is the subnormal 0x0040: the maximum keeps it; byte 255,
-    NaN, becomes infinity); 3 instructions a row where the fp32 route took 9."""
+    NaN, becomes infinity); 3 instructions a row where the fp32 route took 9. FOLDED (e8m0 bytes of
+    at most 128): the scale times 2**126, exponent byte + 126 (at most 254: finite), one multiply-add;
+    the factor is then the scale again (the folded PTX reads no factor)."""
+    if SFMT == 1 and FOLDED:
+        scale = ((s.to(tl.int32) & 0xFF) * 0x00800080 + _TWO_126_SCALE_BITS)[:, None]
+        return scale, scale
     factor = tl.full((rows, 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
     if SFMT == 1:
         scale = tl.maximum((s.to(tl.int32) & 0xFF) * 0x00800080, 0x00400040)[:, None]
@@ -305,19 +324,26 @@ def e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.const
 
 
 @triton.jit
-def paired_e2m1(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def paired_e2m1(stored, s, SFMT: tl.constexpr, MODE: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
-    scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it)."""
-    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
+    scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it). MODE: PAIRED_PTX,
+    or PAIRED_PTX_FOLDED for e8m0 scales of at most 2."""
+    FOLDED: tl.constexpr = MODE == PAIRED_PTX_FOLDED
+    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE, FOLDED)
     byte = stored.to(tl.int32) & 0xFF
+    if FOLDED:
+        return _ptx_pair(_E2M1_BF16_FOLDED, byte, factor, scale, DOT_DTYPE)
     return _ptx_pair(_E2M1_BF16, byte, factor, scale, DOT_DTYPE)
 
 
 @triton.jit
-def paired_e2m1_words(stored, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+def paired_e2m1_words(stored, s, SFMT: tl.constexpr, MODE: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """paired_e2m1 for codes in MMA-order words: [rows, HALF] int32 pairs, pair j of each word where
     its byte j is."""
-    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE)
+    FOLDED: tl.constexpr = MODE == PAIRED_PTX_FOLDED
+    factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE, FOLDED)
+    if FOLDED:
+        return word_ptx(E2M1_WORD_BF16_FOLDED, stored, factor, scale)
     return word_ptx(E2M1_WORD_BF16, stored, factor, scale)
 
 

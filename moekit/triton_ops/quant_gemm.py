@@ -30,7 +30,7 @@ from moekit.triton_ops.align import AlignedPairs
 from moekit.triton_ops.experts_kernels import (ACT_CODE, LAST_COMPILED, _activate, _block_expert, _row_block, _tile_ids,
                                                gate_up_rows)
 from moekit.triton_ops.launcher import cdiv, launch
-from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, PAIRED_OFF, PAIRED_PTX
+from moekit.triton_ops.paired_dequant import PAIRED_EMULATED, PAIRED_OFF, PAIRED_PTX, PAIRED_PTX_FOLDED
 from moekit.triton_ops.quant_formats import FP8_MAX, INT8_MAX, quantize_values
 from moekit.triton_ops.quant_tiles import block_weight_scale, code_tile, dequantized_tile, load_codes, row_weight_factor
 from moekit.triton_ops.tile_configs import GEMV_MAX_BLOCK_M, GemmTiles
@@ -339,16 +339,20 @@ def _scale_words(spec: QuantSpec, m: QuantizedMatrix, scale: torch.Tensor, swap_
             and block_k == spec.group_k and words_fit(scale))
 
 
-def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, compiled: bool) -> int:
+def paired_mode(spec: QuantSpec, swap_ab: bool, dtype: torch.dtype, compiled: bool,
+                small_scales: bool = False) -> int:
     """How the swapped loop dequantizes codes (paired_dequant.py): in 16-bit pairs for uint4 and
     int8 with bf16/fp16 activations and e2m1 with bf16 ones (by inline PTX on the GPU; the integer
     formats' pair numerics computed in fp32 under the interpreter, which runs no PTX), else through
-    fp32. ``compiled``: the kernel is compiled (tensors not on the CPU: CUDA, or meta for moekit asm)."""
+    fp32. ``compiled``: the kernel is compiled (tensors not on the CPU: CUDA, or meta for moekit asm).
+    ``small_scales``: e8m0 scales of at most 2 (QuantizedMatrix.scales_at_most_two), which take
+    e2m1's 2**126 into their pair."""
     integer = spec.weight in (WeightFormat.UINT4, WeightFormat.INT8) and spec.weight_only
     if swap_ab and integer and dtype in (torch.bfloat16, torch.float16):
         return (PAIRED_PTX if compiled else PAIRED_EMULATED).value
     if swap_ab and spec.weight is WeightFormat.E2M1 and dtype == torch.bfloat16 and compiled:
-        return PAIRED_PTX.value
+        folds = small_scales and spec.scale_format is ScaleFormat.E8M0
+        return (PAIRED_PTX_FOLDED if folds else PAIRED_PTX).value
     return PAIRED_OFF.value
 
 
@@ -456,7 +460,8 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
-             PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu"),
+             PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu",
+                                w13.scales_at_most_two),
              ON_GPU=x_codes.device.type != "cpu",
              W_SCALAR=_one_weight_block(spec, g.block_n, inter, gate_up_layout is GateUpLayout.INTERLEAVED)),
         g.num_warps, g.num_stages)
@@ -494,7 +499,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
-             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu"),
+             PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu", w2.scales_at_most_two),
              W_SCALAR=_one_weight_block(spec, g.block_n), ON_GPU=a.device.type != "cpu"),
         g.num_warps, g.num_stages)
     return out_rows

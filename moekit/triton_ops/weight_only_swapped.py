@@ -128,12 +128,12 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
     else:
         s, _s1, z, _z1 = step_scales(s_base, z_base, rows, row_ok, k0, K, stride_sn, stride_sk, GROUP_K, HAS_ZERO,
                                      BLOCK_K)
-    if WFMT >= 2 and MMA_ORDER and PAIRED == PAIRED_PTX:  # whole words of the stored tile, then plain order
+    if WFMT >= 2 and MMA_ORDER and PAIRED >= PAIRED_PTX:  # whole words of the stored tile, then plain order
         stored = _load_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K)
         if WFMT == 2:
             pairs = paired_uint4_words(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, DOT_DTYPE)
         else:
-            pairs = paired_e2m1_words(stored, s, SFMT, DOT_DTYPE)
+            pairs = paired_e2m1_words(stored, s, SFMT, PAIRED, DOT_DTYPE)
         lo, hi = split_pairs(_runs_in_plain_order(pairs), DOT_DTYPE)
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     elif WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
@@ -141,7 +141,7 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
         if PAIRED != PAIRED_OFF and WFMT == 2:
             lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
         elif PAIRED != PAIRED_OFF:
-            lo, hi = paired_e2m1(stored, s, SFMT, DOT_DTYPE)
+            lo, hi = paired_e2m1(stored, s, SFMT, PAIRED, DOT_DTYPE)
         else:
             lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
             hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
