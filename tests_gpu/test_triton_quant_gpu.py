@@ -27,10 +27,10 @@ SHAPES = {
 SCHEMES = sorted(METHODS)
 
 
-def quantize_by_expert(method, e: int, n: int, k: int) -> QuantizedMatrix:
+def quantize_by_expert(method, e: int, n: int, k: int, gain: float = 1.0) -> QuantizedMatrix:
     """Random [E, N, K] weights quantized one expert at a time (DeepSeek's fp32 w13 would be 30 GB),
     one-byte scales laid out as the layer keeps them (gpt-oss mxfp4: rows padded to whole words)."""
-    parts = [method.quantize(torch.randn(1, n, k, device="cuda") / k**0.5) for _ in range(e)]
+    parts = [method.quantize(torch.randn(1, n, k, device="cuda") * (gain / k**0.5)) for _ in range(e)]
     cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     return QuantizedMatrix(cat("data"), word_padded(cat("scale")), cat("zero"), cat("g_idx"), cat("global_scale"))
 
@@ -81,6 +81,26 @@ def test_real_shapes_match_reference_on_same_quantized_weights(name, scheme):
         if not rel <= 1e-2:
             failures.append(f"{tokens} tokens: rel {rel:.3g}")
     assert not failures, f"{name} {scheme}: " + "; ".join(failures)
+
+
+@pytest.mark.parametrize("gain, folds", [(1.0, True), (2.0**12, False)])
+def test_mxfp4_with_and_without_the_folded_scale(gain, folds):
+    # e8m0 scales above 2 (bytes 129+) would overflow the PTX that folds e2m1's 2**126 into them: such
+    # weights are marked at conversion and dequantized with two multiplies; both paths match.
+    E, k, H, I = 128, 8, 2048, 768
+    method = METHODS["mxfp4"]
+    weights = convert_weights(TritonExperts, own_codes=True, weights=ExpertWeights(
+        quantize_by_expert(method, E, 2 * I, H, gain), quantize_by_expert(method, E, H, I, gain),
+        quant=method.spec))
+    assert weights.w13.scales_at_most_two == folds and weights.w2.scales_at_most_two == folds
+    assert (int(weights.w13.scale.max()) > 128) != folds
+    for tokens in (256, 4096):
+        x = torch.randn(tokens, H, device="cuda", dtype=torch.bfloat16)
+        topk_weights, topk_ids = moekit.route(torch.randn(tokens, E, device="cuda"), k)
+        args = (x, topk_weights, topk_ids, weights, parse_activation("silu"), GateUpLayout.CONCATENATED)
+        out = TritonExperts().apply(*args)
+        assert torch.isfinite(out).all()
+        assert relative_error(out, ReferenceExperts().apply(*args).double()) <= 1e-2
 
 
 @pytest.mark.parametrize("scheme", ["w4a16-g128", "mxfp4", "fp8-block128", "fp8-per-tensor", "int8-w8a8"])
