@@ -56,9 +56,13 @@ def compile_launch(launch: Launch, arch: int = 90):
         raise RuntimeError("offline compilation needs Triton's compiler: unset TRITON_INTERPRET")
     names = fn.arg_names
     signature, constexprs, attrs = {}, dict(launch.constexprs), {}
+    declared = {p.name for p in fn.params if p.is_constexpr}
     for i, (name, arg) in enumerate(zip(names, launch.args)):
         kind, key = native_specialize_impl(BaseBackend, arg, False, True, True)
-        if kind == "constexpr":
+        if name in declared:  # a value passed positionally to a tl.constexpr parameter
+            signature[name] = "constexpr"
+            constexprs[name] = arg
+        elif kind == "constexpr":
             signature[name] = "constexpr"
             constexprs[name] = key
         else:

@@ -137,7 +137,7 @@ def _act_factor(xs_ptr, a_rows, row_ok, stride_xsm, A_QUANT: tl.constexpr, A_GRO
 def _gemm1_quant(
     x_ptr, xs_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, out_ptr, out_scale_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, top_k, K, I, NUM_BLOCKS_M,
+    num_pairs, top_k, K: tl.constexpr, I, NUM_BLOCKS_M,
     stride_xm, stride_xsm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
     stride_be, stride_bn, stride_om, stride_osm,
     alpha, limit,
@@ -243,7 +243,7 @@ def _gemm1_quant(
 def _gemm2_quant(
     a_ptr, as_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, weight_ptr, out_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, N, K, NUM_BLOCKS_M,
+    num_pairs, N, K: tl.constexpr, NUM_BLOCKS_M,
     stride_am, stride_asm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
     stride_be, stride_bn, stride_om,
     HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,

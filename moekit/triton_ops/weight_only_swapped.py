@@ -231,7 +231,7 @@ def _retire_dots(k0, RETIRE: tl.constexpr):
 
 
 @triton.jit
-def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
+def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.constexpr,
                                  w_base, s_base, z_base, gate_rows, up_rows, col_ok,
                                  stride_wn, stride_wk, stride_sn, stride_sk,
                                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
@@ -254,7 +254,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
     g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
     u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
-    k_words = K // STEP_K * STEP_K if SCALE_WORDS else K
+    k_words: tl.constexpr = K // STEP_K * STEP_K if SCALE_WORDS else K
     g_word = gate_rows
     u_word = up_rows
     for k0 in range(0, k_words, STEP_K):
@@ -272,7 +272,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                      BLOCK_K, EVEN_K, MMA_ORDER)
     if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
         a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
-        for k0 in range(k_words, K, BLOCK_K):
+        for k0 in tl.static_range(k_words, K, BLOCK_K):  # (unrolled: K is a constexpr)
             _retire_dots(k0, RETIRE_DOTS)
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
