@@ -64,20 +64,32 @@ def test_the_main_loop_is_the_innermost_one_with_tensor_core_instructions():
     assert sum(_main_loop(_instructions(cuda_cores)).values()) == 6
 
 
-def test_swapped_loop_retires_its_wgmmas_before_writing_operand_registers(tmp_path):
-    # Triton 3.6 leaves a K step's wgmmas in flight into the next step, whose dequantization writes
-    # registers ptxas 12.8 may reuse from those wgmmas' A operands (undefined behaviour, seen as
-    # wrong results on an H200): every K loop of the swapped weight-only GEMMs starts with
-    # wgmma.wait_group 0, before its first shared-memory read (weight_only_swapped._retire_dots).
-    done = _asm("--shape", "8,2,256,128", "--quant", "w4a16-g32", "--tokens", "64", tmp_path=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "swapped (W @ x^T)" in done.stdout
-    for name in ("gemm1_quant", "gemm2_quant"):
-        ptx = next(p for p in tmp_path.iterdir() if p.name.endswith(f"{name}.ptx")).read_text()
-        loops = re.findall(r"Loop Header.*?\n(.*?)ld\.shared", ptx, flags=re.S)
-        assert loops, f"{name}: no K loop found"
-        for head in loops:
-            assert "wgmma.wait_group.sync.aligned 0;" in head, f"{name}: a K loop reads shared memory before the wait"
+_DEQUANTIZING = re.compile(r"^\s*(lop3|fma|prmt|mul\.lo|ld\.shared)\b")
+
+
+def test_swapped_loop_retires_each_dot_before_writing_operand_registers(tmp_path):
+    # ptxas 12.8 (Triton 3.6's) may reuse the A-operand registers of wgmmas still in flight for the
+    # next dequantization (undefined behaviour, seen on an H200 as wrong results and an illegal
+    # address): each K step's dot is retired (wgmma.wait_group 0) before any dequantizing
+    # instruction runs (weight_only_swapped._retire_dots), and ptxas then keeps each dot's wgmmas
+    # back to back instead of serializing every one (its note C7513, which moekit asm reports).
+    for quant in ("w4a16-g32", "mxfp4"):
+        done = _asm("--shape", "8,2,256,128", "--quant", quant, "--tokens", "64", tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "swapped (W @ x^T)" in done.stdout
+        assert "serialized its wgmmas" not in done.stdout, done.stdout
+        for name in ("gemm1_quant", "gemm2_quant"):
+            ptx = next(p for p in tmp_path.iterdir() if p.name.endswith(f"{name}.ptx") and quant in p.name)
+            in_flight, dots = False, 0
+            for line in ptx.read_text().splitlines():
+                if "wgmma.mma_async" in line:
+                    dots += not in_flight
+                    in_flight = True
+                elif "wgmma.wait_group.sync.aligned 0;" in line:
+                    in_flight = False
+                else:
+                    assert not (in_flight and _DEQUANTIZING.match(line)), f"{quant} {name}: {line.strip()}"
+            assert dots >= 1, f"{quant} {name}: no wgmma"
 
 
 def _layouts(ttgir: str) -> dict[str, str]:

@@ -83,6 +83,8 @@ def _show_forward(label: str, shape, scheme: str, key, tokens: int, args: argpar
             if loop:
                 mixes.append(f"  {name}: {r.loop_mix(12)} (TTGIR: {r.layout_conversions} layout conversions, "
                              f"{r.shared_stores} stores to shared memory)")
+            if r.wgmma_serialized:
+                mixes.append(f"  {name}: ptxas serialized its wgmmas: {r.wgmma_serialized}")
             progress.advance(task)
     console.print(table)
     console.print("main loop per iteration (SASS):", *mixes, sep="\n", soft_wrap=True)

@@ -31,6 +31,7 @@ class KernelReport:
     loop_instructions: collections.Counter  # opcode -> count in the main loop (_main_loop; empty: none)
     layout_conversions: int  # convert_layout ops in the TTGIR
     shared_stores: int  # local_store ops in the TTGIR (a tile written back to shared memory)
+    wgmma_serialized: str | None = None  # why ptxas serialized the kernel's wgmmas (its C7513 note); None: it did not
 
     @property
     def name(self) -> str:
@@ -83,7 +84,32 @@ def report(launch: Launch, compiled) -> KernelReport:
     ttgir = compiled.asm["ttgir"]
     return KernelReport(launch, int(re.search(r"REG:(\d+)", usage).group(1)),
                         int(re.search(r"STACK:(\d+)", usage).group(1)), compiled.metadata.shared,
-                        _main_loop(instructions), ttgir.count("convert_layout"), ttgir.count("local_store"))
+                        _main_loop(instructions), ttgir.count("convert_layout"), ttgir.count("local_store"),
+                        wgmma_serialization(compiled))
+
+
+_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function")
+
+
+def wgmma_serialization(compiled) -> str | None:
+    """Why ptxas serialized the kernel's wgmmas (a wait for each one before the next instruction:
+    the tensor cores idle between them), from its verbose note C7513; None when it did not, or
+    when the kernel has none. Triton does not show ptxas's notes, so the PTX is assembled again."""
+    ptx = compiled.asm["ptx"]
+    if "wgmma.mma_async" not in ptx:
+        return None
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    arch = re.search(r"^\.target\s+(sm_(\d+)\w*)", ptx, flags=re.M)
+    ptxas = get_ptxas(int(arch.group(2))).path  # the one Triton compiled with (Triton 3.9: a newer one for sm90)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([ptxas, f"-arch={arch.group(1)}", "-v", path, "-o", os.path.join(folder, "k.cubin")],
+                              capture_output=True, text=True, check=True)
+    found = _SERIALIZED.search(done.stdout + done.stderr)  # (the notes go to stderr)
+    return found.group(1) if found else None
 
 
 def sass_text(compiled) -> str:

@@ -198,9 +198,10 @@ def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base,
                   GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
                   HAS_ZERO: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
                   DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr):
+                  EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr, RETIRE: tl.constexpr):
     """One K step at k0 (BLOCK_K columns, four times that with SCALE_WORDS): the activations, the
-    gate (and up) weight operands, their dots."""
+    gate (and up) weight operands, their dots, each retired before the next operand is made
+    (RETIRE, _retire_dots)."""
     STEP_K: tl.constexpr = 4 * BLOCK_K if SCALE_WORDS else BLOCK_K
     a, _same = activation_tiles(a_ptrs, a_row_ok, k0, K, False, BLOCK_M, STEP_K, EVEN_K or SCALE_WORDS)
     a_t = tl.trans(a)
@@ -208,23 +209,27 @@ def _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base,
                       WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype,
                       MMA_ORDER)
     acc_g = tl.dot(w, a_t, acc_g, input_precision=DOT_PRECISION)
+    _retire_dots(k0, RETIRE)
     if GATED:
         u = _step_operand(u_ptrs, s_base, z_base, u_word, up_rows, col_ok, k0, K, stride_wk, stride_sn, stride_sk,
                           WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, BLOCK_N, BLOCK_K, EVEN_K, a.dtype,
                           MMA_ORDER)
         acc_u = tl.dot(u, a_t, acc_u, input_precision=DOT_PRECISION)
+        _retire_dots(k0, RETIRE)
     return acc_g, acc_u
 
 
 @triton.jit
 def _retire_dots(k0, RETIRE: tl.constexpr):
-    """Wait until every wgmma issued so far has finished (PTX ``wgmma.wait_group 0``) before this step
-    writes its operand registers. Why: Triton 3.6 keeps the previous step's dots in flight
-    (``wait_group 7``) while the next step dequantizes into registers that ptxas 12.8 may reuse
-    from those dots' A operands: undefined behaviour by the PTX ISA, seen on the H200 as wrong,
-    run-to-run different results (w4a16 per channel at 4096 tokens; triton-lang/triton#9433, fixed
-    in ptxas 13.3). The tensor cores then no longer run one step's dots under the next step's
-    dequantization within a warpgroup; other warpgroups and programs on the SM still overlap."""
+    """Wait until every wgmma issued so far has finished (PTX ``wgmma.wait_group 0``); called after
+    each dot, before the next operand is dequantized into registers. Why: Triton 3.6 leaves dots in
+    flight (``wait_group 7``) while the next operand is made, and ptxas 12.8 may reuse the in-flight
+    wgmmas' A registers for it: undefined behaviour by the PTX ISA (triton-lang/triton#9433, fixed
+    in ptxas 13.3), seen on the H200 as wrong, run-to-run different results and an illegal
+    address. A wait at the top of each K step alone was not enough, and it left ptxas serializing
+    every wgmma (a wait after each one: its note C7513, which ``moekit asm`` reports); with the wait
+    after each dot, a dot's wgmmas run back to back. Dequantization and the tensor cores then
+    overlap across the SM's other warpgroups and programs, not within one."""
     if RETIRE:
         tl.inline_asm_elementwise("wgmma.wait_group.sync.aligned 0;", "=r,r", [k0], dtype=tl.int32, is_pure=False,
                                   pack=1)
@@ -258,7 +263,6 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.cons
     g_word = gate_rows
     u_word = up_rows
     for k0 in range(0, k_words, STEP_K):
-        _retire_dots(k0, RETIRE_DOTS)
         if SCALE_WORDS:
             word_col = (k0 // GROUP_K) * stride_sk  # a multiple of four groups: an aligned word
             g_word = tl.load((s_base + gate_rows * stride_sn + word_col).to(tl.pointer_type(tl.int32), bitcast=True),
@@ -269,13 +273,12 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.cons
         acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base, g_word,
                                      u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk, GATED, WFMT,
                                      SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N,
-                                     BLOCK_K, EVEN_K, MMA_ORDER)
+                                     BLOCK_K, EVEN_K, MMA_ORDER, RETIRE_DOTS)
     if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
         a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
         for k0 in tl.static_range(k_words, K, BLOCK_K):  # (unrolled: K is a constexpr)
-            _retire_dots(k0, RETIRE_DOTS)
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                                          GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, DOT_PRECISION,
-                                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER)
+                                         BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER, RETIRE_DOTS)
     return tl.trans(acc_g), tl.trans(acc_u)
