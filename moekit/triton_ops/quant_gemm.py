@@ -137,7 +137,7 @@ def _act_factor(xs_ptr, a_rows, row_ok, stride_xsm, A_QUANT: tl.constexpr, A_GRO
 def _gemm1_quant(
     x_ptr, xs_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, out_ptr, out_scale_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, top_k, K: tl.constexpr, I, NUM_BLOCKS_M,
+    num_pairs, top_k, K, I, NUM_BLOCKS_M,
     stride_xm, stride_xsm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
     stride_be, stride_bn, stride_om, stride_osm,
     alpha, limit,
@@ -148,7 +148,7 @@ def _gemm1_quant(
     DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, ON_GPU: tl.constexpr, W_SCALAR: tl.constexpr,
-    MMA_ORDER: tl.constexpr,
+    MMA_ORDER: tl.constexpr, WORD_TAIL: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(I, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -168,7 +168,7 @@ def _gemm1_quant(
                                                     gate_rows, up_rows, col_ok, stride_wn, stride_wk, stride_sn,
                                                     stride_sk, GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS,
                                                     PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                                                    MMA_ORDER, ON_GPU)
+                                                    MMA_ORDER, ON_GPU, WORD_TAIL)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc_g, acc_u = weight_only_mainloop(x_ptr, tokens, row_ok, stride_xm, K, w_base, s_base, z_base, gate_rows,
                                             up_rows, col_ok, stride_wn, stride_wk, stride_sn, stride_sk, GATED, WFMT,
@@ -243,7 +243,7 @@ def _gemm1_quant(
 def _gemm2_quant(
     a_ptr, as_ptr, w_ptr, ws_ptr, wz_ptr, wg_ptr, wgs_ptr, bias_ptr, weight_ptr, out_ptr,
     sorted_ptr, block_expert_ptr, num_rows_ptr,
-    num_pairs, N, K: tl.constexpr, NUM_BLOCKS_M,
+    num_pairs, N, K, NUM_BLOCKS_M,
     stride_am, stride_asm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_ge,
     stride_be, stride_bn, stride_om,
     HAS_BIAS: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
@@ -251,7 +251,7 @@ def _gemm2_quant(
     A_QUANT: tl.constexpr, A_GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr,
-    W_SCALAR: tl.constexpr, MMA_ORDER: tl.constexpr, ON_GPU: tl.constexpr,
+    W_SCALAR: tl.constexpr, MMA_ORDER: tl.constexpr, ON_GPU: tl.constexpr, WORD_TAIL: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(NUM_BLOCKS_M, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert = _block_expert(block_expert_ptr, num_rows_ptr, pid_m, 0, BLOCK_M, False)  # (aligned: E unused)
@@ -271,7 +271,7 @@ def _gemm2_quant(
                                                     cols, cols, col_ok, stride_wn, stride_wk, stride_sn, stride_sk,
                                                     False, WFMT, SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED,
                                                     DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, MMA_ORDER,
-                                                    ON_GPU)
+                                                    ON_GPU, WORD_TAIL)
     elif A_QUANT == 0 and not HAS_G_IDX:
         acc, _unused = weight_only_mainloop(a_ptr, arows, all_rows, stride_am, K, w_base, s_base, z_base, cols, cols,
                                             col_ok, stride_wn, stride_wk, stride_sn, stride_sk, False, WFMT, SFMT,
@@ -460,6 +460,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
+             WORD_TAIL=hidden % (4 * block_k) != 0,
              PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu",
                                 w13.scales_at_most_two),
              ON_GPU=x_codes.device.type != "cpu",
@@ -499,6 +500,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
              SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
+             WORD_TAIL=inter % (4 * block_k) != 0,
              PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu", w2.scales_at_most_two),
              W_SCALAR=_one_weight_block(spec, g.block_n), ON_GPU=a.device.type != "cpu"),
         g.num_warps, g.num_stages)

@@ -236,7 +236,7 @@ def _retire_dots(k0, RETIRE: tl.constexpr):
 
 
 @triton.jit
-def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.constexpr,
+def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
                                  w_base, s_base, z_base, gate_rows, up_rows, col_ok,
                                  stride_wn, stride_wk, stride_sn, stride_sk,
                                  GATED: tl.constexpr, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
@@ -244,12 +244,14 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.cons
                                  DOT_PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                  EVEN_K: tl.constexpr, MMA_ORDER: tl.constexpr = False,
-                                 RETIRE_DOTS: tl.constexpr = False):
+                                 RETIRE_DOTS: tl.constexpr = False, WORD_TAIL: tl.constexpr = True):
     """weight_only_loop.weight_only_mainloop's contract (acc_gate, acc_up as fp32 [BLOCK_M, BLOCK_N];
     acc_up zeros when not GATED), computed as W @ x^T. SCALE_WORDS: one-byte scales (e8m0, e4m3) read
     as the aligned 32-bit word of four groups, which the pipeliner streams by asynchronous copies
     like the codes (a one-byte load it leaves synchronous: the loop waited on it every step); K past
-    the last whole word (gpt-oss: 2880 = 22.5 words of 128) runs single steps with byte scales."""
+    the last whole word (gpt-oss: 2880 = 22.5 words of 128) runs single steps with byte scales; with
+    WORD_TAIL False (K a whole number of words) that loop is not built: ptxas serialized the main
+    loop's wgmmas when it was there (its note C7513, moekit asm)."""
     PACKED: tl.constexpr = WFMT >= 2
     acc_g = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -259,7 +261,7 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.cons
     kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
     g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
     u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
-    k_words: tl.constexpr = K // STEP_K * STEP_K if SCALE_WORDS else K
+    k_words = K // STEP_K * STEP_K if SCALE_WORDS else K
     g_word = gate_rows
     u_word = up_rows
     for k0 in range(0, k_words, STEP_K):
@@ -274,9 +276,9 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K: tl.cons
                                      u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk, GATED, WFMT,
                                      SFMT, GROUP_K, HAS_ZERO, SCALE_WORDS, PAIRED, DOT_PRECISION, BLOCK_M, BLOCK_N,
                                      BLOCK_K, EVEN_K, MMA_ORDER, RETIRE_DOTS)
-    if SCALE_WORDS:  # K past the last whole word: single steps with byte scales
+    if SCALE_WORDS and WORD_TAIL:  # K past the last whole word: single steps with byte scales
         a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
-        for k0 in tl.static_range(k_words, K, BLOCK_K):  # (unrolled: K is a constexpr)
+        for k0 in range(k_words, K, BLOCK_K):
             acc_g, acc_u = _swapped_step(acc_g, acc_u, a_ptrs, a_row_ok, k0, K, g_ptrs, u_ptrs, s_base, z_base,
                                          g_word, u_word, gate_rows, up_rows, col_ok, stride_wk, stride_sn, stride_sk,
                                          GATED, WFMT, SFMT, GROUP_K, HAS_ZERO, False, PAIRED, DOT_PRECISION,
