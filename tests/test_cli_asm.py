@@ -78,6 +78,7 @@ def test_swapped_loop_retires_each_dot_before_writing_operand_registers(tmp_path
         assert done.returncode == 0, done.stderr
         assert "swapped (W @ x^T)" in done.stdout
         assert "serialized its wgmmas" not in done.stdout, done.stdout
+        assert "A registers of an unfinished wgmma" not in done.stdout, done.stdout
         for name in ("gemm1_quant", "gemm2_quant"):
             ptx = next(p for p in tmp_path.iterdir() if p.name.endswith(f"{name}.ptx") and quant in p.name)
             in_flight, dots = False, 0

@@ -85,6 +85,9 @@ def _show_forward(label: str, shape, scheme: str, key, tokens: int, args: argpar
                              f"{r.shared_stores} stores to shared memory)")
             if r.wgmma_serialized:
                 mixes.append(f"  {name}: ptxas serialized its wgmmas: {r.wgmma_serialized}")
+            if r.wgmma_hazards:
+                mixes.append(f"  {name}: {r.wgmma_hazards} instructions write the A registers of an unfinished "
+                             f"wgmma (wrong results: triton_ops/wgmma_checks.py)")
             progress.advance(task)
     console.print(table)
     console.print("main loop per iteration (SASS):", *mixes, sep="\n", soft_wrap=True)

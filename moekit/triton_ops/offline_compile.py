@@ -32,6 +32,7 @@ class KernelReport:
     layout_conversions: int  # convert_layout ops in the TTGIR
     shared_stores: int  # local_store ops in the TTGIR (a tile written back to shared memory)
     wgmma_serialized: str | None = None  # why ptxas serialized the kernel's wgmmas (its C7513 note); None: it did not
+    wgmma_hazards: int = 0  # writes to an unretired wgmma's A registers in the main loop (wgmma_checks.py)
 
     @property
     def name(self) -> str:
@@ -80,36 +81,15 @@ def compile_launch(launch: Launch, arch: int = 90):
 def report(launch: Launch, compiled) -> KernelReport:
     """What the compiler made of ``launch``: resources from the cubin, the SASS's main loop."""
     usage = _on_cubin(compiled, "cuobjdump", "--dump-resource-usage")
-    instructions = _instructions(sass_text(compiled))
+    from moekit.triton_ops.wgmma_checks import wgmma_operand_hazards, wgmma_serialization
+
+    sass = sass_text(compiled)
+    instructions = _instructions(sass)
     ttgir = compiled.asm["ttgir"]
     return KernelReport(launch, int(re.search(r"REG:(\d+)", usage).group(1)),
                         int(re.search(r"STACK:(\d+)", usage).group(1)), compiled.metadata.shared,
                         _main_loop(instructions), ttgir.count("convert_layout"), ttgir.count("local_store"),
-                        wgmma_serialization(compiled))
-
-
-_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function")
-
-
-def wgmma_serialization(compiled) -> str | None:
-    """Why ptxas serialized the kernel's wgmmas (a wait for each one before the next instruction:
-    the tensor cores idle between them), from its verbose note C7513; None when it did not, or
-    when the kernel has none. Triton does not show ptxas's notes, so the PTX is assembled again."""
-    ptx = compiled.asm["ptx"]
-    if "wgmma.mma_async" not in ptx:
-        return None
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    arch = re.search(r"^\.target\s+(sm_(\d+)\w*)", ptx, flags=re.M)
-    ptxas = get_ptxas(int(arch.group(2))).path  # the one Triton compiled with (Triton 3.9: a newer one for sm90)
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "kernel.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        done = subprocess.run([ptxas, f"-arch={arch.group(1)}", "-v", path, "-o", os.path.join(folder, "k.cubin")],
-                              capture_output=True, text=True, check=True)
-    found = _SERIALIZED.search(done.stdout + done.stderr)  # (the notes go to stderr)
-    return found.group(1) if found else None
+                        wgmma_serialization(compiled), len(wgmma_operand_hazards(sass)))
 
 
 def sass_text(compiled) -> str:
@@ -139,8 +119,9 @@ _LABEL = re.compile(r"^\s*\.(L_x_\d+):")
 _TARGET = re.compile(r"\.(L_x_\d+)")
 
 
-def _instructions(sass: str) -> list[tuple[bool, str, str, str | None]]:
-    """(predicated, opcode without modifiers, operands, label placed just before it) per instruction."""
+def _instructions(sass: str, modifiers: bool = False) -> list[tuple[bool, str, str, str | None]]:
+    """(predicated, opcode without modifiers (with them: ``modifiers``), operands, label placed just
+    before it) per instruction."""
     out, label = [], None
     for line in sass.splitlines():
         placed = _LABEL.match(line)
@@ -149,7 +130,8 @@ def _instructions(sass: str) -> list[tuple[bool, str, str, str | None]]:
             continue
         m = _LINE.search(line)
         if m:
-            out.append((m.group(2) is not None, m.group(3).split(".")[0], m.group(4), label))
+            opcode = m.group(3) if modifiers else m.group(3).split(".")[0]
+            out.append((m.group(2) is not None, opcode, m.group(4), label))
             label = None
     return out
 
@@ -158,10 +140,17 @@ _MMA = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA"}
 
 
 def _main_loop(instructions) -> collections.Counter:
-    """The opcodes of the kernel's main loop: of the loops (predicated backward branches to a label;
-    an unconditional one jumps back from an out-of-line wait) issuing tensor-core instructions and
-    holding no such loop inside, the longest (a persistent kernel's tile loop holds its K loop; a K
-    loop may be followed by a shorter tail loop); for CUDA-core kernels the longest loop."""
+    """The opcodes of the kernel's main loop (main_loop_span)."""
+    a, b = main_loop_span(instructions)
+    return collections.Counter(op for _, op, _, _ in instructions[a:b])
+
+
+def main_loop_span(instructions) -> tuple[int, int]:
+    """Where the kernel's main loop lies in ``instructions`` (_instructions): of the loops (predicated
+    backward branches to a label; an unconditional one jumps back from an out-of-line wait) issuing
+    tensor-core instructions and holding no such loop inside, the longest (a persistent kernel's tile
+    loop holds its K loop; a K loop may be followed by a shorter tail loop); for CUDA-core kernels
+    the longest loop. (0, 0): no loop."""
     where = {label: i for i, (_, _, _, label) in enumerate(instructions) if label}
     spans = []
     for index, (predicated, opcode, operands, _) in enumerate(instructions):
@@ -172,8 +161,7 @@ def _main_loop(instructions) -> collections.Counter:
     ops = [op for _, op, _, _ in instructions]
     mma = [(a, b) for a, b in spans if _MMA.intersection(ops[a:b])]
     innermost = [(a, b) for a, b in mma if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in mma)]
-    a, b = max(innermost or spans, key=lambda span: span[1] - span[0], default=(0, 0))
-    return collections.Counter(ops[a:b])
+    return max(innermost or spans, key=lambda span: span[1] - span[0], default=(0, 0))
 
 
 def forward_launches(shape, scheme: str, tokens: int, tiles) -> list[Launch]:
