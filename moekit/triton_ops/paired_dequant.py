@@ -17,7 +17,7 @@ the byte can become that register directly:
   exponent lands on bf16 subnormals, which the pair instructions keep); one pair multiply by
   2**126 (2**117 for e4m3 scales: quant_formats.E4M3_E2M1_REST stays in the epilogue), one by the
   scale. ~3 instructions per element. e8m0 scales of at most 2 (QuantizedMatrix.scales_at_most_two;
-  weights below 12 in magnitude) take the 2**126 into their pair (PAIRED_PTX_FOLDED): one multiply a pair
+  blocks whose largest weight is below 16) take the 2**126 into their pair (PAIRED_PTX_FOLDED): one multiply a pair
   fewer, and the scale pair is one multiply-add of its byte.
 - int8 (two neighbouring codes, pack=2): one byte permute puts code 0 at bit 0 and code 1 at bit
   16; two logic ops make the pairs (M + low 7 bits) and (M + 128 * sign bit) with M = 128 (bf16:
