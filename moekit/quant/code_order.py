@@ -59,30 +59,23 @@ def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:
 
 def to_mma_order(data: torch.Tensor) -> torch.Tensor:
     """Packed codes [..., K/2] in plain order -> the same codes in MMA order (a new tensor)."""
-    return _nibbles_to_words(_permute_runs(data, _PLAIN_OF_STORED))
+    return _swap_pair_nibbles(_permute_runs(data, _PLAIN_OF_STORED))
 
 
 def to_plain_order(data: torch.Tensor) -> torch.Tensor:
     """The inverse of ``to_mma_order``."""
-    return _permute_runs(_words_to_nibbles(data), _STORED_OF_PLAIN)
+    return _permute_runs(_swap_pair_nibbles(data), _STORED_OF_PLAIN)
 
 
-def _nibbles_to_words(pairs: torch.Tensor) -> torch.Tensor:
-    """Bytes [..., 4n] of two codes each (pairs 0-3 of a word: low code, high code) -> words whose
+def _swap_pair_nibbles(data: torch.Tensor) -> torch.Tensor:
+    """Bytes [..., 4n] of two codes each (pairs 0-3 of a word: low code, high code) <-> words whose
     bytes 0 and 1 hold pairs 0 and 1 (byte 0 their low codes, byte 1 their high codes: nibbles 0-3
-    = 0 lo, 1 lo, 0 hi, 1 hi), bytes 2 and 3 pairs 2 and 3 alike."""
-    p = pairs.reshape(*pairs.shape[:-1], -1, 4).to(torch.int32) & 0xFF
-    words = [p[..., 0] & 0xF | (p[..., 1] & 0xF) << 4, p[..., 0] >> 4 | p[..., 1] & 0xF0,
-             p[..., 2] & 0xF | (p[..., 3] & 0xF) << 4, p[..., 2] >> 4 | p[..., 3] & 0xF0]
-    return torch.stack(words, -1).to(pairs.dtype).reshape(pairs.shape)
-
-
-def _words_to_nibbles(words: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``_nibbles_to_words``."""
-    w = words.reshape(*words.shape[:-1], -1, 4).to(torch.int32) & 0xFF
-    pairs = [w[..., 0] & 0xF | (w[..., 1] & 0xF) << 4, w[..., 0] >> 4 | w[..., 1] & 0xF0,
-             w[..., 2] & 0xF | (w[..., 3] & 0xF) << 4, w[..., 2] >> 4 | w[..., 3] & 0xF0]
-    return torch.stack(pairs, -1).to(words.dtype).reshape(words.shape)
+    = 0 lo, 1 lo, 0 hi, 1 hi), bytes 2 and 3 pairs 2 and 3 alike. Within each pair of bytes this
+    transposes a 2 x 2 block of nibbles, so it is its own inverse."""
+    b = data.reshape(*data.shape[:-1], -1, 4).to(torch.int32) & 0xFF
+    out = [b[..., 0] & 0xF | (b[..., 1] & 0xF) << 4, b[..., 0] >> 4 | b[..., 1] & 0xF0,
+           b[..., 2] & 0xF | (b[..., 3] & 0xF) << 4, b[..., 2] >> 4 | b[..., 3] & 0xF0]
+    return torch.stack(out, -1).to(data.dtype).reshape(data.shape)
 
 
 def _permute_runs(data: torch.Tensor, order: list[int]) -> torch.Tensor:
