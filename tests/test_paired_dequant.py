@@ -17,7 +17,7 @@ from moekit.quant import METHODS, formats
 import ptx_sim
 from moekit.quant.code_order import to_mma_order
 from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, E2M1_WORD_BF16_FOLDED, PAIRED_EMULATED, PAIRED_PTX,
-                                              PAIRED_PTX_FOLDED, e2m1_operands, paired_e2m1, paired_int8, paired_uint4,
+                                              PAIRED_PTX_FOLDED, e2m1_folds, e2m1_operands, paired_e2m1, paired_int8, paired_uint4,
                                               split_pairs, uint4_operands, uint4_word_ptx, word_ptx)
 from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order
 
@@ -67,10 +67,11 @@ def _word_pairs_kernel(b_ptr, s_ptr, z_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, 
     dtype = lo_ptr.dtype.element_ty
     full = (ROWS, COLS)
     if E2M1:
-        a, b = e2m1_operands(ROWS, s, SFMT, dtype, FOLDED)
+        FOLDS: tl.constexpr = e2m1_folds(SFMT, PAIRED_PTX_FOLDED if FOLDED else PAIRED_PTX)
+        a, b = e2m1_operands(ROWS, s, SFMT, dtype, FOLDS)
         a = _in_operand_order(tl.broadcast_to(a, full))
         b = _in_operand_order(tl.broadcast_to(b, full))
-        if FOLDED:
+        if FOLDS:
             pairs = word_ptx(E2M1_WORD_BF16_FOLDED, _in_operand_order(stored), a, b)
         else:
             pairs = word_ptx(E2M1_WORD_BF16, _in_operand_order(stored), a, b)

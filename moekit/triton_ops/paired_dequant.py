@@ -15,10 +15,11 @@ the byte can become that register directly:
 - e2m1 (bf16 only): two multiplies place the magnitude bits (exponent, mantissa) at bits 6..8 and
   22..24 and the sign bits at 15 and 31, making bf16 values 2**-126 times the codes' (the zero
   exponent lands on bf16 subnormals, which the pair instructions keep); one pair multiply by
-  2**126 (2**117 for e4m3 scales: quant_formats.E4M3_E2M1_REST stays in the epilogue), one by the
-  scale. ~3 instructions per element. e8m0 scales of at most 2 (QuantizedMatrix.scales_at_most_two;
-  blocks whose largest weight is below 16) take the 2**126 into their pair (PAIRED_PTX_FOLDED): one multiply a pair
-  fewer, and the scale pair is one multiply-add of its byte.
+  2**126, one by the scale. ~3 instructions per element. e8m0 scales of at most 2
+  (QuantizedMatrix.scales_at_most_two; blocks whose largest weight is below 16) take the 2**126
+  into their pair (PAIRED_PTX_FOLDED): one multiply a pair fewer, and the scale pair is one
+  multiply-add of its byte. e4m3 scales (below 2**9) always take 2**117 into their pair, the one
+  multiply then left (quant_formats.E4M3_E2M1_REST, 2**9, stays in the epilogue).
 - int8 (two neighbouring codes, pack=2): one byte permute puts code 0 at bit 0 and code 1 at bit
   16; two logic ops make the pairs (M + low 7 bits) and (M + 128 * sign bit) with M = 128 (bf16:
   0x4300) or 1024 (fp16: 0x6400), both exact; one pair fma takes their difference, the code itself
@@ -88,7 +89,6 @@ def _pair_constant(bits16: int) -> tl.constexpr:
 _MINUS_136_BF16 = _pair_constant(0xC308)  # -(128 + 8): the magic number plus the symmetric midpoint
 _MINUS_1032_FP16 = _pair_constant(0xE408)  # -(1024 + 8)
 _TWO_126_BF16 = _pair_constant(0x7E80)  # 2**126
-_TWO_117_BF16 = _pair_constant(0x7A00)  # 2**117
 _TWO_126_SCALE_BITS = tl.constexpr(126 * 0x00800080)  # added to an e8m0 exponent pair: times 2**126
 
 def _e2m1_ptx(folded: bool) -> tl.constexpr:
@@ -304,18 +304,29 @@ def uint4_word_ptx(stored, offset, scale, GROUPED: tl.constexpr, DOT_DTYPE: tl.c
         return word_ptx(UINT4_WORD_BF16, stored, offset, scale)
 
 
+@triton.constexpr_function
+def e2m1_folds(sfmt, mode):
+    """Whether the scale pair carries the factor e2m1's bits leave out (the folded PTX): e4m3 scales
+    always, e8m0 ones of at most 2 (PAIRED_PTX_FOLDED)."""
+    return sfmt == 2 or mode == PAIRED_PTX_FOLDED.value
+
+
 @triton.jit
 def e2m1_operands(rows: tl.constexpr, s, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr, FOLDED: tl.constexpr = False):
-    """The per-row pair operands of the e2m1 PTX: the factor the code bits leave out (2**126; 2**117
-    for e4m3 scales), and the scale. An e8m0 scale's bf16 pair straight from its bits: the byte is
-    the bf16 exponent (byte 0, 2**-127, is the subnormal 0x0040: the maximum keeps it; byte 255,
-    NaN, becomes infinity); 3 instructions a row where the fp32 route took 9. FOLDED (e8m0 bytes of
-    at most 128): the scale times 2**126, exponent byte + 126 (at most 254: finite), one multiply-add;
-    the factor is then the scale again (the folded PTX reads no factor)."""
+    """The per-row pair operands of the e2m1 PTX: the factor the code bits leave out (2**126), and
+    the scale. An e8m0 scale's bf16 pair straight from its bits: the byte is the bf16 exponent (byte
+    0, 2**-127, is the subnormal 0x0040: the maximum keeps it; byte 255, NaN, becomes infinity); 3
+    instructions a row where the fp32 route took 9. FOLDED (e8m0 bytes of at most 128): the scale
+    times 2**126, exponent byte + 126 (at most 254: finite), one multiply-add. e4m3 scales (FOLDED
+    or not): the scale times 2**117 (exact, at most 448 * 2**117 < 2**126; 2**9 stays in the
+    epilogue). Folded, the factor is the scale again (the folded PTX reads no factor)."""
+    if SFMT == 2:
+        scale = _pair_bits(plain_scale_values(s, SFMT) * 2.0**117, DOT_DTYPE)[:, None]
+        return scale, scale
     if SFMT == 1 and FOLDED:
         scale = ((s.to(tl.int32) & 0xFF) * 0x00800080 + _TWO_126_SCALE_BITS)[:, None]
         return scale, scale
-    factor = tl.full((rows, 1), _TWO_117_BF16 if SFMT == 2 else _TWO_126_BF16, tl.int32)
+    factor = tl.full((rows, 1), _TWO_126_BF16, tl.int32)
     if SFMT == 1:
         scale = tl.maximum((s.to(tl.int32) & 0xFF) * 0x00800080, 0x00400040)[:, None]
     else:
@@ -328,7 +339,7 @@ def paired_e2m1(stored, s, SFMT: tl.constexpr, MODE: tl.constexpr, DOT_DTYPE: tl
     """[rows, HALF] bytes of e2m1 codes -> (low, high) [rows, HALF] bf16 values times the group
     scale ``s`` per row (times 2**-9 for e4m3 scales, as the fp32 route leaves it). MODE: PAIRED_PTX,
     or PAIRED_PTX_FOLDED for e8m0 scales of at most 2."""
-    FOLDED: tl.constexpr = MODE == PAIRED_PTX_FOLDED
+    FOLDED: tl.constexpr = e2m1_folds(SFMT, MODE)
     factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE, FOLDED)
     byte = stored.to(tl.int32) & 0xFF
     if FOLDED:
@@ -340,7 +351,7 @@ def paired_e2m1(stored, s, SFMT: tl.constexpr, MODE: tl.constexpr, DOT_DTYPE: tl
 def paired_e2m1_words(stored, s, SFMT: tl.constexpr, MODE: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """paired_e2m1 for codes in MMA-order words: [rows, HALF] int32 pairs, pair j of each word where
     its byte j is."""
-    FOLDED: tl.constexpr = MODE == PAIRED_PTX_FOLDED
+    FOLDED: tl.constexpr = e2m1_folds(SFMT, MODE)
     factor, scale = e2m1_operands(stored.shape[0], s, SFMT, DOT_DTYPE, FOLDED)
     if FOLDED:
         return word_ptx(E2M1_WORD_BF16_FOLDED, stored, factor, scale)
