@@ -158,6 +158,24 @@ def test_quant_tuner_tries_the_decode_gemv_at_about_a_row_per_expert():
     assert result.tiles.block_m == 16
 
 
+def test_quant_tuner_holds_swapped_tiles_for_codes_in_mma_order():
+    # At one token the defaults are the decode GEMV's; while the tuner searches the tensor-core row
+    # blocks, the gemm2 it holds must be a swapped one: the kernels refuse anything else for 4-bit
+    # codes in MMA order (mxfp4 and w4a16 on the layer), as this stand-in does.
+    class MmaOrderCodes(StandInBackend):
+        def apply(self, *args, tiles=None):
+            if tiles.block_m > 2 and not (tiles.gemm1.swap_ab and tiles.gemm2.swap_ab):
+                raise ValueError("codes in MMA order need the swapped loop")
+            return super().apply(*args, tiles=tiles)
+
+    shape = TuneShape(8, 2, 256, 128, torch.bfloat16, parse_activation("silu"))
+    backend = MmaOrderCodes()
+    (result,) = quant_tuner.tune_quant_shape(shape, "mxfp4", buckets=(1,), device="cpu", compile_workers=1,
+                                             backend=backend, bench_ms=backend.ms)
+    assert result.tiles.block_m == 16 and result.tiles.gemm1.swap_ab and result.tiles.gemm2.swap_ab
+    assert "MMA order" not in result.report.get("first_failure", "")
+
+
 def test_quant_tuner_says_why_when_no_candidate_is_correct():
     class AlwaysWrong(StandInBackend):
         def apply(self, *args, tiles=None):

@@ -93,7 +93,7 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
         defaults = default_tiles(key, tokens)
         best = None
         for block_m in quantized_block_m_candidates(tokens, shape.top_k, shape.num_experts, gemv):
-            held_gemm2 = _held_gemm2(defaults, block_m)
+            held_gemm2 = _held_gemm2(defaults, block_m, spec.weight_only)
             g1 = search.best(lambda t, bm=block_m, g2=held_gemm2: ExpertsTiles(bm, t, g2),
                              gemm_candidates(block_m, shape.activation.gated, elem_bytes, spec))
             g2 = search.best(lambda t, bm=block_m, g1=g1: ExpertsTiles(bm, g1.tiles.gemm1, t),
@@ -107,14 +107,17 @@ def tune_quant_shape(shape: TuneShape, scheme: str, buckets=DEFAULT_BUCKETS, dev
     return results
 
 
-def _held_gemm2(defaults: ExpertsTiles, block_m: int) -> GemmTiles:
+def _held_gemm2(defaults: ExpertsTiles, block_m: int, weight_only: bool) -> GemmTiles:
     """gemm2's tiles while gemm1's are searched: the default's when it runs the same path (the
     decode GEMV for block_m <= GEMV_MAX_BLOCK_M, the tensor-core loop above), else a sound one of
-    that path."""
+    that path. Weight-only tensor-core tiles are swapped ones: 4-bit codes the layer keeps in MMA
+    order (quant/code_order.py) run no other tensor-core loop."""
     gemv = block_m <= GEMV_MAX_BLOCK_M
     if (defaults.block_m <= GEMV_MAX_BLOCK_M) == gemv:
         return defaults.gemm2
-    return GemmTiles(32, 256, 1, 4, 1) if gemv else GemmTiles(64, 128, 1, 4, 2)
+    if gemv:
+        return GemmTiles(32, 256, 1, 4, 1)
+    return GemmTiles(64, 128, 1, 4, 3, swap_ab=True) if weight_only else GemmTiles(64, 128, 1, 4, 2)
 
 
 @dataclass(frozen=True)
