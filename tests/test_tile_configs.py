@@ -42,7 +42,7 @@ def test_quant_tables_shipped():
 
 
 @pytest.mark.parametrize("name", QUANT_TABLES)
-def test_shipped_quant_tables_hold_tuner_candidates_and_leave_decode_to_the_defaults(name):
+def test_shipped_quant_tables_hold_tuner_candidates(name):
     from moekit.quant import method_for
 
     meta = json.loads((tc.CONFIG_DIR / name).read_text())["meta"]
@@ -56,8 +56,11 @@ def test_shipped_quant_tables_hold_tuner_candidates_and_leave_decode_to_the_defa
         for gemm, gated in ((tiles.gemm1, True), (tiles.gemm2, False)):
             assert gemm in gemm_candidates(tiles.block_m, gated, 2, spec)  # a candidate the tuner may pick
         assert tc.tiles_for(key, tokens)[1].startswith(f"tuned {name}")
-    assert min(table) >= 256  # decode buckets were not tuned: the defaults serve them
-    assert tc.tiles_for(key, 16) == (tc.default_tiles(key, 16), "default heuristic")
+    assert {256, 4096} <= set(table)
+    decode = {tokens for tokens in table if tokens < 256}
+    assert decode in (set(), {1, 16})  # tuned together where tuned; else the defaults serve decode
+    if not decode:
+        assert tc.tiles_for(key, 16) == (tc.default_tiles(key, 16), "default heuristic")
     assert tc.tiles_for(key, 16384)[0] == table[max(table)]
 
 
@@ -76,6 +79,27 @@ def test_nearest_bucket_in_log_scale(tmp_path, monkeypatch):
     # 31 is nearer 1 than 1024, but far from both: the default heuristic, not tiles of another regime
     assert tc.tiles_for(key, 31) == (tc.default_tiles(key, 31), "default heuristic")
     assert tc.tiles_for(key, 2000)[0] == large
+    tc.load_table.cache_clear()
+
+
+def test_writing_some_buckets_keeps_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(tc, "CONFIG_DIR", tmp_path)
+    tc.load_table.cache_clear()
+    key = tc.TableKey("Some GPU", 16, 2, 64, 32, torch.bfloat16)
+    small = tc.ExpertsTiles(16, tc.GemmTiles(32, 128), tc.GemmTiles(64, 128))
+    mid = tc.ExpertsTiles(32, tc.GemmTiles(64, 128), tc.GemmTiles(64, 64))
+    large = tc.ExpertsTiles(128, tc.GemmTiles(128, 64, 8, 8, 4), tc.GemmTiles(256, 64, 8, 8, 3))
+    first = {"date": "2026-11-01", "measured_us": {"1": {"forward": 10.0}, "1024": {"forward": 90.0}}}
+    tc.write_table(key, {1: small, 1024: large}, first, tmp_path)
+    second = {"date": "2026-12-01", "measured_us": {"16": {"forward": 20.0}, "1": {"forward": 9.0}}}
+    path = tc.write_table(key, {16: mid, 1: mid}, second, tmp_path)
+    assert tc.load_table(key) == {1: mid, 16: mid, 1024: large}
+    data = json.loads(path.read_text())
+    assert list(data["buckets"]) == ["1", "16", "1024"] and data["meta"]["date"] == "2026-12-01"
+    assert data["meta"]["measured_us"] == {"1": {"forward": 9.0}, "16": {"forward": 20.0},
+                                           "1024": {"date": "2026-11-01", "forward": 90.0}}
+    tc.write_table(key, {16: small}, {"date": "2026-12-02"}, tmp_path, keep_other_buckets=False)
+    assert tc.load_table(key) == {16: small}
     tc.load_table.cache_clear()
 
 
@@ -104,10 +128,13 @@ def test_explain_shows_the_triton_tiles_by_token_count():
     from moekit.triton_ops.tile_configs import ExpertsTiles, GemmTiles, TableKey, describe_tiles, tile_plan
 
     key = TableKey("NVIDIA H200", 128, 8, 2048, 768, torch.bfloat16, True, "w4a16-g128")
+    untuned = tile_plan(dataclasses.replace(key, device="Some GPU"))
+    assert untuned[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x512")
+    assert all(line.endswith("(default heuristic)") for line in untuned[:4])  # 1, 16, 256, 4096 tokens
     plan = tile_plan(key)
-    assert plan[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x512")
-    assert all(line.endswith("(default heuristic)") for line in plan[:2])  # 1 and 16 tokens
-    assert plan[2].endswith(f"(tuned {key.file_name()} bucket 256)")
+    assert plan[0].strip().startswith("1 token: decode GEMV, 1-row blocks; gemm1 16x256")
+    for line, tokens in zip(plan[:3], (1, 16, 256)):
+        assert line.endswith(f"(tuned {key.file_name()} bucket {tokens})")
     assert "4096 tokens: 128-row blocks" in plan[3] and plan[3].endswith(f"(tuned {key.file_name()} bucket 4096)")
     assert "4-bit codes in bfloat16 pairs, group scales rounded to bfloat16 first" in plan[4]  # the numerics
     assert "MMA order" in plan[4]  # and the codes' order (quant/code_order.py); not for nvfp4 or int8 codes

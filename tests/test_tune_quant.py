@@ -242,6 +242,13 @@ def test_tune_quant_writes_a_table_keyed_by_the_scheme(monkeypatch, tmp_path, ca
     assert data["meta"]["quant"] == "w4a16-g128" and data["meta"]["measured_us"]["8"]["forward"] == 108.0
     assert set(data["buckets"]) == {"1", "8"}
     assert "deepseek-v3 w4a16-g128: best tiles per bucket" in out and "108.0" in out
+    # tuning another bucket adds it to the table; --fresh starts the table again
+    for extra, want in (([], {"1", "8", "16"}), (["--fresh"], {"16"})):
+        code = main(["tune", "--preset", "deepseek-v3", "--quant", "w4a16", "--tokens", "16", "--out-dir", str(tmp_path),
+                     *extra])
+        assert code == 0, capsys.readouterr()
+        data = json.loads((tmp_path / names[1]).read_text())
+        assert set(data["buckets"]) == want and set(data["meta"]["measured_us"]) == want
 
 
 def _triton_serves(scheme: str) -> bool:

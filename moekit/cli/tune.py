@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
                         help="token-count buckets (default 1 2 4 ... 16384)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where to write the tables (default: the package's config folder)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop an existing table's other buckets (by default they stay: tuning a few buckets "
+                             "adds to the table)")
     parser.add_argument("--compile-workers", type=int, default=8, help="threads compiling candidates ahead")
     parser.set_defaults(handler=tune_command)
 
@@ -77,7 +80,8 @@ def _tune_one(name, shape, scheme: str, buckets, device: str, args, console: Con
         meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
                 "triton": _triton_version(), "source": name, "quant": scheme,
                 "measured_us": {str(r.tokens): _measured(r) for r in results}}
-        return write_table(key, {r.tokens: r.tiles for r in results}, meta, args.out_dir or CONFIG_DIR)
+        return write_table(key, {r.tokens: r.tiles for r in results}, meta, args.out_dir or CONFIG_DIR,
+                           keep_other_buckets=not args.fresh)
 
     with progress_bar(console) as progress:
         task = progress.add_task(f"tuning {label}", total=len(buckets))

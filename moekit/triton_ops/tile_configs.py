@@ -125,14 +125,34 @@ def load_table(key: TableKey) -> dict[int, ExpertsTiles]:
     return {int(tokens): ExpertsTiles.from_json(cfg) for tokens, cfg in data["buckets"].items()}
 
 
-def write_table(key: TableKey, buckets: dict[int, ExpertsTiles], meta: dict, directory: Path = CONFIG_DIR) -> Path:
+def write_table(key: TableKey, buckets: dict[int, ExpertsTiles], meta: dict, directory: Path = CONFIG_DIR,
+                keep_other_buckets: bool = True) -> Path:
+    """Write ``buckets`` as ``key``'s table. ``keep_other_buckets``: an existing table's buckets this
+    run did not tune stay (tuning the decode buckets must not drop the prefill ones); their entries
+    in ``meta["measured_us"]`` are kept too, dated by the table they came from."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / key.file_name()
-    payload = {"meta": meta, "buckets": {str(t): cfg.to_json() for t, cfg in sorted(buckets.items())}}
+    entries = {str(t): cfg.to_json() for t, cfg in buckets.items()}
+    if keep_other_buckets and path.exists():
+        entries, meta = _with_earlier_buckets(json.loads(path.read_text()), entries, meta)
+    ordered = dict(sorted(entries.items(), key=lambda item: int(item[0])))
+    payload = {"meta": meta, "buckets": ordered}
     path.write_text(json.dumps(payload, indent=1) + "\n")
     load_table.cache_clear()
     _CALL_TILES.clear()
     return path
+
+
+def _with_earlier_buckets(earlier: dict, entries: dict, meta: dict) -> tuple[dict, dict]:
+    """``entries`` and ``meta`` with ``earlier``'s (a table's JSON) other buckets and their measurements."""
+    kept = {t: cfg for t, cfg in earlier["buckets"].items() if t not in entries}
+    measured = dict(meta.get("measured_us", {}))
+    earlier_measured = earlier["meta"].get("measured_us", {})
+    for t in kept:
+        if t in earlier_measured:
+            measured[t] = {"date": earlier["meta"].get("date"), **earlier_measured[t]}
+    meta = {**meta, "measured_us": dict(sorted(measured.items(), key=lambda item: int(item[0])))}
+    return {**kept, **entries}, meta
 
 
 def default_tiles(key: TableKey, num_tokens: int, gemv: bool = True) -> ExpertsTiles:
