@@ -19,7 +19,7 @@ from moekit.quant.code_order import to_mma_order
 from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, E2M1_WORD_BF16_FOLDED, PAIRED_EMULATED, PAIRED_PTX,
                                               PAIRED_PTX_FOLDED, e2m1_folds, e2m1_operands, paired_e2m1, paired_int8, paired_uint4,
                                               split_pairs, uint4_operands, uint4_word_ptx, word_ptx)
-from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order
+from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order, two_group_scales
 
 ROWS, COLS = 16, 32
 
@@ -244,6 +244,36 @@ def test_e2m1_pairs_ptx_simulated(words, sfmt, folded):
     lo, hi = simulated_pairs(words, stored, scale, scale, torch.bfloat16, folded, e2m1=True, sfmt=sfmt)
     want_lo, want_hi = e2m1_expected(stored, scale, torch.bfloat16, sfmt)
     assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@triton.jit
+def _two_group_kernel(b_ptr, w_ptr, lo_ptr, hi_ptr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """As the swapped loop reads nvfp4 codes in MMA order: a row's 32 bytes are two runs of two
+    16-code groups, scaled per byte by the groups of the row's scale word (two_group_scales)."""
+    r = tl.arange(0, ROWS)
+    offs = r[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    scale = two_group_scales(tl.load(w_ptr + r), COLS, 2, tl.bfloat16)
+    pairs = word_ptx(E2M1_WORD_BF16_FOLDED, _in_operand_order(tl.load(b_ptr + offs)), _in_operand_order(scale),
+                     _in_operand_order(scale))
+    lo, hi = split_pairs(_runs_in_plain_order(_from_operand_order(pairs, COLS)), tl.bfloat16)
+    tl.store(lo_ptr + offs, lo)
+    tl.store(hi_ptr + offs, hi)
+
+
+def test_two_group_runs_ptx_simulated():
+    # nvfp4 codes in MMA order (16-byte runs of two 16-code groups): each pair takes its own group's
+    # e4m3 scale; plain byte b of a row (codes 2b, 2b + 1) belongs to group b // 8.
+    stored = every_byte()
+    scales = torch.randint(0, 0x7F, (ROWS, 4), dtype=torch.uint8)  # finite e4m3, subnormals included
+    lo = torch.full(stored.shape, float("nan"), dtype=torch.bfloat16)
+    hi = torch.full_like(lo, float("nan"))
+    with ptx_sim.patched_interpreter():
+        _two_group_kernel[(1,)](to_mma_order(stored), scales.view(torch.int32).reshape(ROWS), lo, hi, ROWS, COLS)
+    per_byte = scales.repeat_interleave(8, dim=1)  # [ROWS, COLS]: byte b's group scale
+    s = per_byte.view(torch.float8_e4m3fn).double() / 512
+    want_lo, want_hi = ((formats.e2m1_to_float(c).double() * s).to(torch.bfloat16) for c in (stored & 15, stored >> 4))
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+    assert len(set(scales.flatten().tolist())) > 8  # the groups' scales differ: a wrong group would show
 
 
 def test_the_simulated_ptx_catches_a_wrong_constant(monkeypatch):

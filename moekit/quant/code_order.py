@@ -20,8 +20,13 @@ apart in that register, so one shift and one mask make a pair's two 16-bit value
 (paired_dequant.py), where a byte per pair first had to be taken out (a PRMT per pair) and spread
 apart. A run lies inside one scale group when groups hold at least
 32 codes or span K (w4a16 g32/g64/g128 and per channel, mxfp4), so scales, zero points and
-everything else keep their plain layout. nvfp4's 16-code groups, act-order (g_idx) and K not a
-multiple of 32 stay plain.
+everything else keep their plain layout. nvfp4's 16-code groups put two groups in a run: pairs 0
+and 1 of each word belong to the first, pairs 2 and 3 to the second, and the readers pick a scale
+per pair (the swapped loop reads a scale word's four groups, two runs, per step; the decode GEMV
+folds each word's first and last four codes with their own scale). Experimental (not yet run on
+a GPU): the layer keeps nvfp4 codes in MMA order only when MOEKIT_EXPERIMENTAL_NVFP4_MMA_ORDER=1,
+and only for rows of whole scale words (64 codes). Act-order (g_idx) and K not a multiple of 32
+stay plain.
 
 The layer converts its codes in place when the Triton backend is chosen and back when another is
 (oracle/quantized.convert_weights); its state dict always holds the plain order. Tensors moekit
@@ -31,6 +36,7 @@ every reader takes either order, by ``QuantizedMatrix.mma_order``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import torch
@@ -45,11 +51,23 @@ _PLAIN_OF_STORED = [8 * c + 4 * h + q for q in range(4) for c in range(2) for h 
 _STORED_OF_PLAIN = sorted(range(RUN_BYTES), key=_PLAIN_OF_STORED.__getitem__)
 
 
+NVFP4_MMA_ORDER_FLAG = "MOEKIT_EXPERIMENTAL_NVFP4_MMA_ORDER"
+
+
 def mma_order_fits_rows(spec: QuantSpec, k: int) -> bool:
     """Whether rows of ``k`` codes of ``spec`` can be kept in MMA order (act-order aside): packed
-    4-bit codes, runs inside scale groups, whole runs per row."""
-    return (spec.weight_only and spec.weight.packed and (spec.group_k == 0 or spec.group_k >= RUN_CODES)
-            and k % RUN_CODES == 0)
+    4-bit codes, runs inside scale groups, whole runs per row; or (two_group_runs, opted in) runs of
+    two 16-code groups in rows of whole four-group scale words."""
+    if not (spec.weight_only and spec.weight.packed):
+        return False
+    if two_group_runs(spec):
+        return os.environ.get(NVFP4_MMA_ORDER_FLAG) == "1" and k % (4 * spec.group_k) == 0
+    return (spec.group_k == 0 or spec.group_k >= RUN_CODES) and k % RUN_CODES == 0
+
+
+def two_group_runs(spec: QuantSpec) -> bool:
+    """Whether a run of ``spec``'s codes spans two scale groups (nvfp4: groups of 16 e2m1 codes)."""
+    return spec.weight_only and spec.weight.packed and spec.group_k == RUN_CODES // 2
 
 
 def mma_order_fits(spec: QuantSpec, m: QuantizedMatrix) -> bool:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from moekit.activations import Activation, GateUpLayout
-from moekit.quant.code_order import RUN_CODES
+from moekit.quant.code_order import RUN_CODES, two_group_runs
 from moekit.quant.scale_layout import kernel_scales, words_fit
 from moekit.quant.spec import ACT_PER_TENSOR, ACT_PER_TOKEN, ActQuant, QuantizedMatrix, QuantSpec, ScaleFormat
 from moekit.quant.spec import WeightFormat
@@ -362,10 +362,18 @@ def _weight_constexprs(spec: QuantSpec, m: QuantizedMatrix) -> dict:
                 HAS_GLOBAL=m.global_scale is not None, MMA_ORDER=m.mma_order)
 
 
-def _check_code_order(name: str, m: QuantizedMatrix, swap_ab: bool, block_k: int) -> None:
+def _check_code_order(name: str, m: QuantizedMatrix, spec: QuantSpec, swap_ab: bool, block_k: int,
+                      scale_words: bool, k: int) -> None:
     """Codes in MMA order (quant/code_order.py) are read by the swapped loop (whole 16-byte runs per
-    K step) and the decode GEMV only."""
-    if m.mma_order and (not swap_ab or block_k % RUN_CODES):
+    K step; runs of two groups: scale-word steps over rows of whole words) and the decode GEMV only."""
+    if not m.mma_order:
+        return
+    if two_group_runs(spec):
+        if not (swap_ab and scale_words and k % (4 * block_k) == 0):
+            raise ValueError(f"{name}'s codes are in MMA order (quant/code_order.py) with runs of two scale groups, "
+                             f"which only the swapped tensor-core loop's scale-word steps over rows of whole words "
+                             f"and the decode GEMV read; got swap_ab={swap_ab}, scale words {scale_words}, K {k}")
+    elif not swap_ab or block_k % RUN_CODES:
         raise ValueError(f"{name}'s codes are in MMA order (quant/code_order.py), which only the swapped "
                          f"tensor-core loop with K steps of whole {RUN_CODES}-code runs and the decode GEMV read; "
                          f"got swap_ab={swap_ab}, a K step of {block_k}")
@@ -430,7 +438,6 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
     hidden = x_codes.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
     block_k = quant_block_k(spec, g.block_k, w13.g_idx is not None, g.swap_ab)
-    _check_code_order("w13", w13, g.swap_ab, block_k)
     out_quant = w8a8 and fuses_output_quant(spec, inter, g.block_n)
     out_amax = w8a8 and spec.act_group == ACT_PER_TENSOR and not spec.act_static
     device = x_codes.device
@@ -446,6 +453,8 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
             out = ActivatedRows(out_t, out_s)
     bias = w13_bias if w13_bias is not None else x_codes
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w13)
+    scale_words = _scale_words(spec, w13, scale, g.swap_ab, block_k)
+    _check_code_order("w13", w13, spec, g.swap_ab, block_k, scale_words, hidden)
     LAST_COMPILED["gemm1"] = launch(
         _gemm1_quant, (rows // block_m * cdiv(inter, g.block_n),),
         (x_codes, x_scale, data, scale, zero, g_idx, gscale, bias, out_t, out_s,
@@ -459,7 +468,7 @@ def launch_gemm1_quant(x, w13: QuantizedMatrix, w13_bias, aligned: AlignedPairs,
              OUT_QUANT=AQUANT[spec.act] if out_quant else 0, OUT_AMAX=out_amax, DOT_PRECISION=_precision(x_codes.dtype),
              FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=hidden % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w13, scale, g.swap_ab, block_k),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=scale_words,
              WORD_TAIL=hidden % (4 * block_k) != 0,
              PAIRED=paired_mode(spec, g.swap_ab, x_codes.dtype, x_codes.device.type != "cpu",
                                 w13.scales_at_most_two),
@@ -486,9 +495,10 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
     hidden = w2.data.shape[1]
     inter = a.shape[1]
     block_k = quant_block_k(spec, g.block_k, w2.g_idx is not None, g.swap_ab)
-    _check_code_order("w2", w2, g.swap_ab, block_k)
     bias = w2_bias if w2_bias is not None else out_rows
     (data, scale, zero, g_idx, gscale), (sse, ssn, ssk, sge) = _weight_args(w2)
+    scale_words = _scale_words(spec, w2, scale, g.swap_ab, block_k)
+    _check_code_order("w2", w2, spec, g.swap_ab, block_k, scale_words, inter)
     LAST_COMPILED["gemm2"] = launch(
         _gemm2_quant, (rows // block_m * cdiv(hidden, g.block_n),),
         (a, a_scale_t, data, scale, zero, g_idx, gscale, bias, topk_weights.reshape(-1), out_rows,
@@ -499,7 +509,7 @@ def launch_gemm2_quant(activated, w2: QuantizedMatrix, w2_bias, topk_weights, al
         dict(HAS_BIAS=w2_bias is not None, **_weight_constexprs(spec, w2), A_QUANT=AQUANT[spec.act],
              A_GROUP=_act_group(spec), DOT_PRECISION=_precision(a.dtype), FP8_PROMOTE=FP8_PROMOTED_ACCUMULATION,
              BLOCK_M=block_m, BLOCK_N=g.block_n, BLOCK_K=block_k, GROUP_M=g.group_m, EVEN_K=inter % block_k == 0,
-             SWAP_AB=g.swap_ab, SCALE_WORDS=_scale_words(spec, w2, scale, g.swap_ab, block_k),
+             SWAP_AB=g.swap_ab, SCALE_WORDS=scale_words,
              WORD_TAIL=inter % (4 * block_k) != 0,
              PAIRED=paired_mode(spec, g.swap_ab, a.dtype, a.device.type != "cpu", w2.scales_at_most_two),
              W_SCALAR=_one_weight_block(spec, g.block_n), ON_GPU=a.device.type != "cpu"),

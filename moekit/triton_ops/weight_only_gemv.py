@@ -60,10 +60,11 @@ def codes_per_word(weight: WeightFormat) -> int:
     return 8 if weight.packed else 4
 
 
-def words_per_slot(spec: QuantSpec) -> int:
-    """4 (one 16-byte load), fewer when a scale group holds fewer words (nvfp4: 16 codes = 2)."""
+def words_per_slot(spec: QuantSpec, mma_order: bool = False) -> int:
+    """4 (one 16-byte load), fewer when a scale group holds fewer words (nvfp4: 16 codes = 2); 4 for
+    codes in MMA order, whose slot is a run (nvfp4's then holds two groups: _row_step)."""
     epw = codes_per_word(spec.weight)
-    return 4 if spec.group_k == 0 else min(4, spec.group_k // epw)
+    return 4 if spec.group_k == 0 or mma_order else min(4, spec.group_k // epw)
 
 
 def gemv_supports_scheme(spec: QuantSpec, hidden: int, inter: int) -> bool:
@@ -150,20 +151,20 @@ def _prepare_operand(x_ptr, out_ptr, K, stride_xm, stride_om, WFMT: tl.constexpr
     tl.store(out_ptr + row * stride_om + pos, x * _position_factor(j, WFMT), mask=ok)
 
 
-def operand_columns(spec: QuantSpec, k: int) -> int:
+def operand_columns(spec: QuantSpec, k: int, mma_order: bool = False) -> int:
     """Columns of an operand of ``k`` logical ones: whole blocks (a last partial block is padded)."""
-    block = PERM_SLOTS.value * codes_per_word(spec.weight) * words_per_slot(spec)
+    block = PERM_SLOTS.value * codes_per_word(spec.weight) * words_per_slot(spec, mma_order)
     return cdiv(k, block) * block
 
 
 def prepare_operand(x: torch.Tensor, spec: QuantSpec, mma_order: bool = False) -> GemvOperand:
     """gemm1's input [T, K] (any float dtype) in the operand form (for codes in MMA order: mma_order)."""
     rows, k = x.shape
-    out = torch.empty(rows, operand_columns(spec, k), dtype=torch.float32, device=x.device)
+    out = torch.empty(rows, operand_columns(spec, k, mma_order), dtype=torch.float32, device=x.device)
     block = min(1024, next_pow2(k))
     if rows:
         launch(_prepare_operand, (rows, cdiv(k, block)), (x, out, k, x.stride(0), out.stride(0)),
-               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec), BLOCK=block,
+               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec, mma_order), BLOCK=block,
                     MMA_ORDER=mma_order), 4, 1)
     return GemvOperand(out, k, mma_order)
 
@@ -256,6 +257,29 @@ def _group_scales(s_ptrs, mask, SFMT: tl.constexpr, EVEN: tl.constexpr):
         return raw.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
 
 
+@triton.constexpr_function
+def two_groups_a_slot(group_k, wps, epw):
+    """Whether a slot holds two scale groups: nvfp4 codes in MMA order (a slot is a 32-code run),
+    whose words hold the first group at code positions 0-3 and the second at 4-7."""
+    return group_k > 0 and wps * epw == 2 * group_k
+
+
+@triton.constexpr_function
+def _position_in_group(j, epw, two_groups):
+    """Code position j's place among its group's positions in the word (0: its products start)."""
+    return j % (epw // 2) if two_groups else j
+
+
+@triton.jit
+def _slot_scales(s_ptrs, mask, stride_sk, SFMT: tl.constexpr, GROUP_K: tl.constexpr, WPS: tl.constexpr,
+                 EPW: tl.constexpr, EVEN: tl.constexpr):
+    """The slots' group scales [G, BLOCK_N], or with two groups a slot both, joined: [G, BLOCK_N, 2]."""
+    s = _group_scales(s_ptrs, mask, SFMT, EVEN)
+    if two_groups_a_slot(GROUP_K, WPS, EPW):
+        s = tl.join(s, _group_scales(s_ptrs + stride_sk, mask, SFMT, EVEN))
+    return s
+
+
 @triton.jit
 def _zero_points(z_ptrs, mask, WFMT: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr):
     """The code that means 0, in the products' units (int8 codes carry +128 from the XOR)."""
@@ -279,16 +303,16 @@ def _step_weights(g_ptrs, u_ptrs, gs_rows, us_rows, gz_rows, uz_rows, kw, KW, co
     """Everything one step reads of the weights from word ``kw`` on: gate (and up) codes, the
     scales and zero points of each slot (zeros past K or past the last row)."""
     s_ok = ((kw + slot * WPS) < KW)[:, None] & col_ok[None, :]
-    if GROUP_K > 0:  # each slot's scale group (a slot lies in one)
+    if GROUP_K > 0:  # each slot's (first) scale group
         s_cols = ((kw * EPW + slot * (WPS * EPW)) // GROUP_K)[:, None] * stride_sk
     else:
         s_cols = slot[:, None] * 0
     W = _load(g_ptrs + kw, s_ok[:, :, None], EVEN)
-    gs = _group_scales(gs_rows + s_cols, s_ok, SFMT, EVEN)
+    gs = _slot_scales(gs_rows + s_cols, s_ok, stride_sk, SFMT, GROUP_K, WPS, EPW, EVEN)
     gz = _zero_points(gz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
     if GATED:
         U = _load(u_ptrs + kw, s_ok[:, :, None], EVEN)
-        us = _group_scales(us_rows + s_cols, s_ok, SFMT, EVEN)
+        us = _slot_scales(us_rows + s_cols, s_ok, stride_sk, SFMT, GROUP_K, WPS, EPW, EVEN)
         uz = _zero_points(uz_rows + s_cols, s_ok, WFMT, HAS_ZERO, EVEN)
     else:
         U, us, uz = W, gs, gz
@@ -303,20 +327,36 @@ def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, 
     met by the gate (and up) codes of that position; then the slot sums folded into the row's
     accumulators."""
     HAS_UNIT: tl.constexpr = WFMT != 3
+    TWO_GROUPS: tl.constexpr = two_groups_a_slot(GROUP_K, WPS, EPW)
     tg = acc_g[:, :, None] * 0.0  # (placeholders: _meet assigns them at position 0)
     tu = tg
+    tg_first = tg
+    tu_first = tg
     sg = a_offs * 0.0  # the activations' sums, the same for gate and up
     for J in tl.static_range(EPW):
         P = 4 * J if J <= 4 else 4 * (J - 3)  # the code's bit in its word (see _code_values)
         if WFMT == 1:
             P = 8 * (J % 2)
+        if TWO_GROUPS and J == EPW // 2:  # the second group's codes: products summed apart
+            tg_first = tg
+            tu_first = tu
         a = _load(a_base + a_offs + J * (PERM_SLOTS * WPS), a_ok, EVEN_K)
-        tg, sg = _meet(tg, sg, _code_values(Wg, Wg8, J, WFMT), a, J, P, HAS_UNIT)
+        tg, sg = _meet(tg, sg, _code_values(Wg, Wg8, J, WFMT), a, _position_in_group(J, EPW, TWO_GROUPS), P,
+                       HAS_UNIT)
         if GATED:
-            tu, _sums = _meet(tu, sg, _code_values(Wu, Wu8, J, WFMT), a, J, P, False)
-    acc_g = _fold(acc_g, tg, sg, gs, gz, WFMT, GROUP_K)
-    if GATED:
-        acc_u = _fold(acc_u, tu, sg, us, uz, WFMT, GROUP_K)
+            tu, _sums = _meet(tu, sg, _code_values(Wu, Wu8, J, WFMT), a, _position_in_group(J, EPW, TWO_GROUPS), P,
+                              False)
+    if TWO_GROUPS:  # (e2m1 only: no zero points)
+        gs_first, gs_second = tl.split(gs)
+        acc_g = _fold(_fold(acc_g, tg_first, sg, gs_first, gz, WFMT, GROUP_K), tg, sg, gs_second, gz, WFMT, GROUP_K)
+        if GATED:
+            us_first, us_second = tl.split(us)
+            acc_u = _fold(_fold(acc_u, tu_first, sg, us_first, uz, WFMT, GROUP_K), tu, sg, us_second, uz, WFMT,
+                          GROUP_K)
+    else:
+        acc_g = _fold(acc_g, tg, sg, gs, gz, WFMT, GROUP_K)
+        if GATED:
+            acc_u = _fold(acc_u, tu, sg, us, uz, WFMT, GROUP_K)
     return acc_g, acc_u
 
 
@@ -637,7 +677,7 @@ def _matrix_args(m: QuantizedMatrix):
 def _constexprs(spec: QuantSpec, m: QuantizedMatrix, block_m: int, block_n: int, block_k: int, n: int,
                 k: int) -> dict:
     """``block_k``: codes per step, a power of two (at least one slot); ``n`` x ``k``: the GEMM."""
-    wps = words_per_slot(spec)
+    wps = words_per_slot(spec, m.mma_order)
     slot = codes_per_word(spec.weight) * wps
     g = max(1, block_k // slot)
     return dict(WFMT=_WFMT[spec.weight], SFMT={"fp32": 0, "e8m0": 1, "e4m3": 2}[spec.scale_format.value],
@@ -656,7 +696,7 @@ def launch_gemv_gemm1(x, w13: QuantizedMatrix, w13_bias, aligned, top_k: int, ac
     rows, block_m = aligned.rows, aligned.block_m
     hidden = x.shape[1]
     inter = w13.data.shape[1] // 2 if activation.gated else w13.data.shape[1]
-    out = torch.empty(rows, operand_columns(spec, inter), dtype=torch.float32, device=x.device)
+    out = torch.empty(rows, operand_columns(spec, inter, w13.mma_order), dtype=torch.float32, device=x.device)
     words, scale, zero, gscale = _matrix_args(w13)
     bias = w13_bias if w13_bias is not None else scale
     blocks_n = cdiv(inter, g.block_n)

@@ -32,8 +32,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moekit.triton_ops.paired_dequant import (PAIRED_OFF, PAIRED_PTX, paired_e2m1, paired_e2m1_words, paired_int8,
-                                               paired_uint4, paired_uint4_words, split_pairs)
+from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16_FOLDED, PAIRED_OFF, PAIRED_PTX, e2m1_operands,
+                                               paired_e2m1, paired_e2m1_words, paired_int8, paired_uint4,
+                                               paired_uint4_words, split_pairs, word_ptx)
 from moekit.triton_ops.quant_formats import E2M1_UNBIAS
 from moekit.triton_ops.weight_only_loop import (activation_tiles, code_bits, code_offsets, scale_values,
                                                step_scales)
@@ -114,6 +115,74 @@ def _side_by_side(left, right):
 
 
 @triton.jit
+def _packed_values(stored, s, z, WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr,
+                   HAS_ZERO: tl.constexpr, PAIRED: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """Plain-order bytes [rows, HALF] of 4-bit codes (byte j: columns 2j, low nibble, and 2j + 1)
+    and the rows' scale ``s`` (zero point ``z``) -> [rows, 2 * HALF] values."""
+    if PAIRED != PAIRED_OFF and WFMT == 2:
+        lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
+    elif PAIRED != PAIRED_OFF:
+        lo, hi = paired_e2m1(stored, s, SFMT, PAIRED, DOT_DTYPE)
+    else:
+        lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
+        hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
+    return tl.reshape(tl.join(lo, hi), (stored.shape[0], 2 * stored.shape[1]))
+
+
+@triton.constexpr_function
+def two_group_steps(wfmt, group_k, mma_order, scale_words):
+    """Whether a scale-word step reads nvfp4 codes in MMA order, whose 16-byte runs each span two
+    16-code groups (quant/code_order.py): the step's 32 bytes a row at once (_two_group_operand)."""
+    return wfmt == 3 and group_k == 16 and bool(mma_order) and bool(scale_words)
+
+
+@triton.jit
+def two_group_scales(s_word, HALF: tl.constexpr, SFMT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """[rows] scale words (four groups' bytes) -> [rows, HALF] folded scale pairs (e2m1_operands),
+    one per stored byte of a step's two-group runs in MMA order: byte c is pair c % 4 of its word,
+    of the run's first group for pairs 0, 1, so of group 2 * (c // 16) + (c // 2) % 2."""
+    rows: tl.constexpr = s_word.shape[0]
+    col = tl.arange(0, HALF)[None, :]
+    group = 2 * (col // 16) + (col // 2) % 2
+    p0 = e2m1_operands(rows, s_word & 0xFF, SFMT, DOT_DTYPE, True)[1]
+    p1 = e2m1_operands(rows, (s_word >> 8) & 0xFF, SFMT, DOT_DTYPE, True)[1]
+    p2 = e2m1_operands(rows, (s_word >> 16) & 0xFF, SFMT, DOT_DTYPE, True)[1]
+    p3 = e2m1_operands(rows, (s_word >> 24) & 0xFF, SFMT, DOT_DTYPE, True)[1]
+    return tl.where(group == 0, p0, tl.where(group == 1, p1, tl.where(group == 2, p2, p3)))
+
+
+@triton.jit
+def _two_group_operand(w_ptrs, s_word, row_ok, k0, K, stride_wk, SFMT: tl.constexpr, PAIRED: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """The [BLOCK_N, 4 * BLOCK_K] operand of a scale-word step of nvfp4 codes in MMA order: two runs
+    of 16 bytes a row, each holding two groups. With the PTX, one call a word, each pair scaled by
+    its own group's pair (the word PTX takes a scale per byte: pairs 0, 1 of a word are the run's
+    first group, 2, 3 its second; the group of a byte column is known per register at compile time);
+    else the bytes back in plain order and dequantized group by group."""
+    HALF: tl.constexpr = 2 * BLOCK_K  # the step's bytes per row: four groups of BLOCK_K codes
+    if PAIRED >= PAIRED_PTX:
+        stored = _load_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, HALF, True)
+        scale = two_group_scales(s_word, HALF, SFMT, DOT_DTYPE)
+        pairs = word_ptx(E2M1_WORD_BF16_FOLDED, stored, scale, scale)
+        lo, hi = split_pairs(_runs_in_plain_order(pairs), DOT_DTYPE)
+        return tl.reshape(tl.join(lo, hi), (BLOCK_N, 4 * BLOCK_K))
+    else:
+        stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, HALF, True, True)
+        # [rows, group, byte] -> [rows, byte, i, j] with group 2i + j, then split twice
+        by_group = tl.reshape(tl.permute(tl.reshape(stored, (BLOCK_N, 4, BLOCK_K // 2)), (0, 2, 1)),
+                              (BLOCK_N, BLOCK_K // 2, 2, 2))
+        even, odd = tl.split(by_group)
+        g0, g2 = tl.split(even)
+        g1, g3 = tl.split(odd)
+        # (two_group_steps: e2m1 codes, 16-code groups, no zero points)
+        w0 = _packed_values(g0, s_word & 0xFF, s_word, 3, SFMT, 16, False, PAIRED, DOT_DTYPE)
+        w1 = _packed_values(g1, (s_word >> 8) & 0xFF, s_word, 3, SFMT, 16, False, PAIRED, DOT_DTYPE)
+        w2 = _packed_values(g2, (s_word >> 16) & 0xFF, s_word, 3, SFMT, 16, False, PAIRED, DOT_DTYPE)
+        w3 = _packed_values(g3, (s_word >> 24) & 0xFF, s_word, 3, SFMT, 16, False, PAIRED, DOT_DTYPE)
+        return _side_by_side(_side_by_side(w0, w1), _side_by_side(w2, w3)).to(DOT_DTYPE)
+
+
+@triton.jit
 def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                     WFMT: tl.constexpr, SFMT: tl.constexpr, GROUP_K: tl.constexpr, HAS_ZERO: tl.constexpr,
                     SCALE_WORDS: tl.constexpr, PAIRED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -136,16 +205,9 @@ def _weight_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_
             pairs = paired_e2m1_words(stored, s, SFMT, PAIRED, DOT_DTYPE)
         lo, hi = split_pairs(_runs_in_plain_order(pairs), DOT_DTYPE)
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
-    elif WFMT >= 2:  # stored column j holds columns 2j (low nibble) and 2j+1
+    elif WFMT >= 2:
         stored = _stored_rows(w_ptrs, row_ok, k0 // 2, K // 2, stride_wk, BLOCK_K // 2, EVEN_K, MMA_ORDER)
-        if PAIRED != PAIRED_OFF and WFMT == 2:
-            lo, hi = paired_uint4(stored, s, z, HAS_ZERO, GROUP_K > 0, SFMT, PAIRED, DOT_DTYPE)
-        elif PAIRED != PAIRED_OFF:
-            lo, hi = paired_e2m1(stored, s, SFMT, PAIRED, DOT_DTYPE)
-        else:
-            lo = _dequantized_rows(stored, s, z, False, WFMT, SFMT, GROUP_K, HAS_ZERO)
-            hi = _dequantized_rows(stored, s, z, True, WFMT, SFMT, GROUP_K, HAS_ZERO)
-        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+        w = _packed_values(stored, s, z, WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, DOT_DTYPE)
     else:
         stored = _stored_rows(w_ptrs, row_ok, k0, K, stride_wk, BLOCK_K, EVEN_K)
         if PAIRED != PAIRED_OFF and WFMT == 1:
@@ -180,7 +242,10 @@ def _step_operand(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk
     byte of the word as a row's scale. (One operand, not four dots: Triton waited for each of four
     chained dots in a step, sm90 PTX wgmma.wait_group 0; a scale chosen per column by a shift
     made it dequantize in another layout and move the tile through shared memory.)"""
-    if SCALE_WORDS:
+    if two_group_steps(WFMT, GROUP_K, MMA_ORDER, SCALE_WORDS):
+        return _two_group_operand(w_ptrs, s_word, row_ok, k0, K, stride_wk, SFMT, PAIRED, BLOCK_N, BLOCK_K,
+                                  DOT_DTYPE)
+    elif SCALE_WORDS:
         first = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
                             WFMT, SFMT, GROUP_K, HAS_ZERO, PAIRED, 0, BLOCK_N, BLOCK_K, DOT_DTYPE, MMA_ORDER)
         second = _group_pair(w_ptrs, s_base, z_base, s_word, rows, row_ok, k0, K, stride_wk, stride_sn, stride_sk,
@@ -258,7 +323,9 @@ def weight_only_swapped_mainloop(a_base, a_rows, a_row_ok, stride_am, K,
     # With SCALE_WORDS a step spans the four groups of one scale word (_step_operand).
     STEP_K: tl.constexpr = 4 * BLOCK_K if SCALE_WORDS else BLOCK_K
     a_ptrs = a_base + a_rows[:, None] * stride_am + tl.arange(0, STEP_K)[None, :]
-    kq = tl.arange(0, BLOCK_K // 2 if PACKED else BLOCK_K)[None, :] * stride_wk
+    # (a two-group step reads the step's bytes at once: _two_group_operand)
+    ROW_BYTES: tl.constexpr = STEP_K // 2 if two_group_steps(WFMT, GROUP_K, MMA_ORDER, SCALE_WORDS) else BLOCK_K // 2
+    kq = tl.arange(0, ROW_BYTES if PACKED else BLOCK_K)[None, :] * stride_wk
     g_ptrs = w_base + gate_rows[:, None] * stride_wn + kq
     u_ptrs = w_base + up_rows[:, None] * stride_wn + kq
     k_words = K // STEP_K * STEP_K if SCALE_WORDS else K
