@@ -83,6 +83,18 @@ def test_real_shapes_match_reference_on_same_quantized_weights(name, scheme):
     assert not failures, f"{name} {scheme}: " + "; ".join(failures)
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_nvfp4_in_mma_order_matches_reference(name, monkeypatch):
+    # The opt-in nvfp4 MMA order (runs of two 16-code groups, quant/code_order.py) on the GPU: the
+    # swapped loop's per-byte group scales and the GEMV's split words at every token count.
+    from moekit.quant.code_order import NVFP4_MMA_ORDER_FLAG
+
+    monkeypatch.setenv(NVFP4_MMA_ORDER_FLAG, "1")
+    weights = make_weights(name, "nvfp4")
+    assert weights.w13.mma_order and weights.w2.mma_order
+    test_real_shapes_match_reference_on_same_quantized_weights(name, "nvfp4")
+
+
 @pytest.mark.parametrize("gain, folds", [(1.0, True), (2.0**12, False)])
 def test_mxfp4_with_and_without_the_folded_scale(gain, folds):
     # e8m0 scales above 2 (bytes 129+) would overflow the PTX that folds e2m1's 2**126 into them: such
