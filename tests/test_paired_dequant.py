@@ -17,8 +17,8 @@ from moekit.quant import METHODS, formats
 import ptx_sim
 from moekit.quant.code_order import to_mma_order
 from moekit.triton_ops.paired_dequant import (E2M1_WORD_BF16, E2M1_WORD_BF16_FOLDED, PAIRED_EMULATED, PAIRED_PTX,
-                                              PAIRED_PTX_FOLDED, e2m1_folds, e2m1_operands, paired_e2m1, paired_int8, paired_uint4,
-                                              split_pairs, uint4_operands, uint4_word_ptx, word_ptx)
+                                              PAIRED_PTX_FOLDED, e2m1_folds, e2m1_operands, paired_e2m1, paired_int8,
+                                              paired_uint4, split_pairs, uint4_operands, uint4_word_ptx, word_ptx)
 from moekit.triton_ops.weight_only_swapped import _runs_in_plain_order, two_group_scales
 
 ROWS, COLS = 16, 32

@@ -244,8 +244,8 @@ def test_tune_quant_writes_a_table_keyed_by_the_scheme(monkeypatch, tmp_path, ca
     assert "deepseek-v3 w4a16-g128: best tiles per bucket" in out and "108.0" in out
     # tuning another bucket adds it to the table; --fresh starts the table again
     for extra, want in (([], {"1", "8", "16"}), (["--fresh"], {"16"})):
-        code = main(["tune", "--preset", "deepseek-v3", "--quant", "w4a16", "--tokens", "16", "--out-dir", str(tmp_path),
-                     *extra])
+        code = main(["tune", "--preset", "deepseek-v3", "--quant", "w4a16", "--tokens", "16",
+                     "--out-dir", str(tmp_path), *extra])
         assert code == 0, capsys.readouterr()
         data = json.loads((tmp_path / names[1]).read_text())
         assert set(data["buckets"]) == want and set(data["meta"]["measured_us"]) == want

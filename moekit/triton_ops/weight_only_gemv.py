@@ -164,8 +164,8 @@ def prepare_operand(x: torch.Tensor, spec: QuantSpec, mma_order: bool = False) -
     block = min(1024, next_pow2(k))
     if rows:
         launch(_prepare_operand, (rows, cdiv(k, block)), (x, out, k, x.stride(0), out.stride(0)),
-               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec, mma_order), BLOCK=block,
-                    MMA_ORDER=mma_order), 4, 1)
+               dict(WFMT=_WFMT[spec.weight], EPW=codes_per_word(spec.weight), WPS=words_per_slot(spec, mma_order),
+                    BLOCK=block, MMA_ORDER=mma_order), 4, 1)
     return GemvOperand(out, k, mma_order)
 
 
