@@ -4,6 +4,7 @@ that a recorded result says what it was measured on."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -20,6 +21,7 @@ def describe_environment(device: torch.device | None) -> dict:
         "python": platform.python_version(),
         "moekit": moekit.__version__,
         "moekit_commit": git_commit(),
+        "moekit_source": source_digest(),
         "torch": torch.__version__,
         "triton": _version("triton"),
         "cuda": torch.version.cuda,
@@ -44,6 +46,18 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+def source_digest(package: Path | None = None) -> str:
+    """The first 12 hex digits of a SHA-256 over the package's sources and tile tables (relative
+    paths and contents, in path order). Unlike the commit it names what actually ran when the git
+    metadata does not match the files: a copy of a working tree (the GPU machines get one, whose
+    git reports the session's base commit "+dirty") or an installed wheel."""
+    package = package or Path(moekit.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".json") and p.is_file()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def _git(root: Path, *args: str) -> str:

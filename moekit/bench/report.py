@@ -36,6 +36,8 @@ def setup_table(results: BenchResults) -> Table:
     if "compute_capability" in env:
         device += f" (sm {env['compute_capability']}, {env['sm_count']} SMs, {env['memory_gib']} GiB)"
     commit = env.get("moekit_commit") or "unknown commit"
+    if env.get("moekit_source"):
+        commit += f", source {env['moekit_source']}"
     rows = [
         ("device", device),
         ("software", f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 import moekit
+from moekit.bench.provenance import source_digest
 from moekit.experts import ALL_BACKENDS
 from moekit.experts.base import ExpertsBackend
 from moekit.cli.common import dtype_name
@@ -49,6 +50,7 @@ def versions_table() -> Table:
     table.add_column("version")
     table.add_row("python", Text(platform.python_version()))
     table.add_row("moekit", Text(moekit.__version__))
+    table.add_row("moekit source", Text(source_digest()))  # as moekit bench records it (bench/provenance.py)
     for name in _PACKAGES:
         table.add_row(name, _version(name))
     table.add_row("torch CUDA build", Text(torch.version.cuda or "none (CPU build)"))
