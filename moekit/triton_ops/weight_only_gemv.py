@@ -243,6 +243,18 @@ def _fold(acc, t, s, scale, zero, WFMT: tl.constexpr, GROUP_K: tl.constexpr):
 
 
 @triton.jit
+def _fold_slots(acc, t_first, t, s, scale, zero, WFMT: tl.constexpr, GROUP_K: tl.constexpr, TWO_GROUPS: tl.constexpr):
+    """_fold of the step's slot sums ``t``; with two groups a slot (e2m1 only: no zero points),
+    ``t_first`` and ``t`` are the first and second group's sums and ``scale`` holds both groups'."""
+    if TWO_GROUPS:
+        first, second = tl.split(scale)
+        acc = _fold(_fold(acc, t_first, s, first, zero, WFMT, GROUP_K), t, s, second, zero, WFMT, GROUP_K)
+    else:
+        acc = _fold(acc, t, s, scale, zero, WFMT, GROUP_K)
+    return acc
+
+
+@triton.jit
 def _group_scales(s_ptrs, mask, SFMT: tl.constexpr, EVEN: tl.constexpr):
     if EVEN:
         raw = tl.load(s_ptrs)
@@ -346,17 +358,9 @@ def _row_step(acc_g, acc_u, a_base, a_offs, a_ok, Wg, Wg8, Wu, Wu8, gs, gz, us, 
         if GATED:
             tu, _sums = _meet(tu, sg, _code_values(Wu, Wu8, J, WFMT), a, _position_in_group(J, EPW, TWO_GROUPS), P,
                               False)
-    if TWO_GROUPS:  # (e2m1 only: no zero points)
-        gs_first, gs_second = tl.split(gs)
-        acc_g = _fold(_fold(acc_g, tg_first, sg, gs_first, gz, WFMT, GROUP_K), tg, sg, gs_second, gz, WFMT, GROUP_K)
-        if GATED:
-            us_first, us_second = tl.split(us)
-            acc_u = _fold(_fold(acc_u, tu_first, sg, us_first, uz, WFMT, GROUP_K), tu, sg, us_second, uz, WFMT,
-                          GROUP_K)
-    else:
-        acc_g = _fold(acc_g, tg, sg, gs, gz, WFMT, GROUP_K)
-        if GATED:
-            acc_u = _fold(acc_u, tu, sg, us, uz, WFMT, GROUP_K)
+    acc_g = _fold_slots(acc_g, tg_first, tg, sg, gs, gz, WFMT, GROUP_K, TWO_GROUPS)
+    if GATED:
+        acc_u = _fold_slots(acc_u, tu_first, tu, sg, us, uz, WFMT, GROUP_K, TWO_GROUPS)
     return acc_g, acc_u
 
 
